@@ -1,0 +1,50 @@
+// Ternary and int8 kernels behind one dispatch table.
+//
+// Call sites never branch on ISA: they call through `kernels()`, which is chosen once at
+// start-up from the CPU's features (override with WFRT_ISA=generic|avx2|... for tests).
+// Every ISA variant lives in its own file (generic.cpp, avx2.cpp, ...) and must give results
+// identical to the generic one (integer dot products are exact; float helpers within 1e-6 rel).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace wfrt {
+
+// A ternary weight matrix of N output rows and K inputs, packed in the layout the kernels use.
+// The layout belongs to this module (see ternary_pack); model code only stores the bytes.
+// Codes are u = q + 1 in {0, 1, 2}; the kernels return sum_k u[k] * x[k] and the caller
+// subtracts sum_k x[k] once per activation row.
+size_t ternary_packed_bytes(int N, int K);
+// q: N x K row-major int8 in {-1, 0, 1}.  out: ternary_packed_bytes(N, K) bytes.
+void ternary_pack(const int8_t* q, int N, int K, uint8_t* out);
+// K must be padded to this multiple for activations handed to the kernels (zero padded).
+constexpr int kTernaryKBlock = 128;
+inline int ternary_padded_k(int K) { return (K + kTernaryKBlock - 1) / kTernaryKBlock * kTernaryKBlock; }
+
+struct KernelTable {
+    const char* name;
+    // Per-row absmax int8 quantization: x_q = clamp(rint(x * 127/max|x|), -128, 127).
+    // Writes K_padded int8 values (zeros past K); returns scale a = 127/max(|x|, 1e-5) and sum of x_q.
+    void (*quantize_row_i8)(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum);
+    // Y[m*ldy + n] = sum_k u[n][k] * X[m*ldx + k] for m in [0, M), n in [n0, n1).
+    // W packed by ternary_pack for (N, K); X has ldx >= ternary_padded_k(K) int8 values per row.
+    void (*ternary_gemm)(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
+                         int32_t* Y, int ldy, int n0, int n1);
+    // int8 rows (LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k] (both signed int8).
+    void (*i8_gemm)(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M,
+                    int32_t* Y, int ldy, int n0, int n1);
+    // fp32 rows (reference LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k].
+    void (*f32_gemm)(const float* W, int N, int K, const float* X, int ldx, int M,
+                     float* Y, int ldy, int n0, int n1);
+};
+
+// The table for the best ISA this CPU supports (or the one WFRT_ISA names).
+const KernelTable& kernels();
+// Every table this CPU can run, generic first (tests compare each against generic).
+std::vector<const KernelTable*> supported_kernels();
+// Look up by name; nullptr if unknown or unsupported on this CPU.
+const KernelTable* kernels_by_name(const std::string& name);
+
+}  // namespace wfrt
