@@ -22,6 +22,21 @@ void ternary_pack(const int8_t* q, int N, int K, uint8_t* out);
 // K must be padded to this multiple for activations handed to the kernels (zero padded).
 constexpr int kTernaryKBlock = 128;
 inline int ternary_padded_k(int K) { return (K + kTernaryKBlock - 1) / kTernaryKBlock * kTernaryKBlock; }
+// Inverse of ternary_pack: writes the N x K codes q in {-1, 0, 1}.
+void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q);
+
+// The packed layout, version 1 ("vertical" tiles, so one SIMD lane = one output row):
+// rows are grouped in tiles of kTernaryRowTile (N padded with u = 0 rows), K is padded to
+// ternary_padded_k(K). Each tile is K_pad / 16 chunks of 64 bytes; in chunk g, byte r*4 + j,
+// bits 2s..2s+1 hold u for row (tile*16 + r), k = 16g + 4s + j. Unpacking a chunk with
+// three shifts and a mask gives four vectors whose int32 lane r dots 4 consecutive k of row r
+// with 4 broadcast activation bytes (maddubs / dpbusd), so no horizontal sums are needed.
+// Bump the version whenever this layout changes: the packed file format stores it.
+constexpr int kTernaryRowTile = 16;
+inline int ternary_layout_version() { return 1; }
+// Callers splitting [0, N) across threads should cut at multiples of this many rows
+// (the widest row tile any kernel uses); other cuts are correct, only slower.
+constexpr int kTernaryNAlign = 64;
 
 struct KernelTable {
     const char* name;
@@ -33,6 +48,7 @@ struct KernelTable {
     void (*ternary_gemm)(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                          int32_t* Y, int ldy, int n0, int n1);
     // int8 rows (LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k] (both signed int8).
+    // X must lie in [-127, 127] (quantize_row_i8 guarantees it): SIMD variants move W's sign onto X.
     void (*i8_gemm)(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                     int32_t* Y, int ldy, int n0, int n1);
     // fp32 rows (reference LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k].

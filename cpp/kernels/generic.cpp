@@ -1,0 +1,111 @@
+// Scalar reference kernels: the obviously-correct definition every SIMD variant is tested against.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "isa_tables.h"
+
+namespace wfrt {
+
+static_assert(kTernaryKBlock % 16 == 0, "a K block holds whole 16-k chunks");
+static_assert(kTernaryNAlign % kTernaryRowTile == 0, "thread cuts fall on tile boundaries");
+
+size_t ternary_packed_bytes(int N, int K) {
+    size_t tiles = (size_t)(N + kTernaryRowTile - 1) / kTernaryRowTile;
+    return tiles * (size_t)ternary_padded_k(K) * 4;
+}
+
+namespace {
+
+// Where code (n, k) lives: byte offset and bit shift (layout version 1, see ternary.h).
+struct CodePos { size_t byte; int shift; };
+inline CodePos code_pos(int n, int k, int Kp) {
+    int kk = k % 16;
+    size_t byte = ternary_chunk_offset(n / kTernaryRowTile, k / 16, Kp) + (n % kTernaryRowTile) * 4 + kk % 4;
+    return {byte, 2 * (kk / 4)};
+}
+
+inline int code_at(const uint8_t* W, int n, int k, int Kp) {
+    CodePos p = code_pos(n, k, Kp);
+    return (W[p.byte] >> p.shift) & 3;
+}
+
+void quantize_row_i8_generic(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
+    float amax = 0.0f;
+    for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+    const float a = 127.0f / std::max(amax, 1e-5f);
+    int32_t s = 0;
+    for (int k = 0; k < K; ++k) {
+        float v = std::min(std::max(std::rint(x[k] * a), -128.0f), 127.0f);
+        xq[k] = (int8_t)v;
+        s += (int8_t)v;
+    }
+    std::memset(xq + K, 0, (size_t)(K_padded - K));
+    *scale = a;
+    *sum = s;
+}
+
+void ternary_gemm_generic(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
+                          int32_t* Y, int ldy, int n0, int n1) {
+    (void)N;
+    const int Kp = ternary_padded_k(K);
+    for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) {
+            int32_t acc = 0;
+            for (int k = 0; k < K; ++k) acc += code_at(W, n, k, Kp) * X[(size_t)m * ldx + k];
+            Y[(size_t)m * ldy + n] = acc;
+        }
+}
+
+void i8_gemm_generic(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M,
+                     int32_t* Y, int ldy, int n0, int n1) {
+    (void)N;
+    for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) {
+            int32_t acc = 0;
+            for (int k = 0; k < K; ++k) acc += W[(size_t)n * K + k] * X[(size_t)m * ldx + k];
+            Y[(size_t)m * ldy + n] = acc;
+        }
+}
+
+void f32_gemm_generic(const float* W, int N, int K, const float* X, int ldx, int M,
+                      float* Y, int ldy, int n0, int n1) {
+    (void)N;
+    for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) {
+            // Double accumulation keeps the reference closer to exact than any SIMD order.
+            double acc = 0.0;
+            for (int k = 0; k < K; ++k) acc += (double)W[(size_t)n * K + k] * X[(size_t)m * ldx + k];
+            Y[(size_t)m * ldy + n] = (float)acc;
+        }
+}
+
+}  // namespace
+
+void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
+    const int Kp = ternary_padded_k(K);
+    std::memset(out, 0, ternary_packed_bytes(N, K));
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) {
+            int v = q[(size_t)n * K + k];
+            if (v < -1 || v > 1)
+                throw std::invalid_argument("ternary_pack: code " + std::to_string(v) + " at row " + std::to_string(n) +
+                                            ", column " + std::to_string(k) + " is not in {-1, 0, 1}");
+            CodePos p = code_pos(n, k, Kp);
+            out[p.byte] |= (uint8_t)((v + 1) << p.shift);
+        }
+}
+
+void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
+    const int Kp = ternary_padded_k(K);
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) q[(size_t)n * K + k] = (int8_t)(code_at(packed, n, k, Kp) - 1);
+}
+
+const KernelTable kGenericKernels = {
+    "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
+};
+
+}  // namespace wfrt

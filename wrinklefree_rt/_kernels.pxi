@@ -1,0 +1,177 @@
+# Kernel bindings for tests and benchmarks (included at the end of _core.pyx).
+# Each function takes a kernel table name ("generic", "avx2", ...; see kernel_names()) so the
+# tests can hold every ISA variant to the generic one. Not part of the public API.
+
+from libc.stdint cimport int8_t as _k_i8, uint8_t as _k_u8, int32_t as _k_i32
+from libcpp.string cimport string as _k_string
+from libcpp.vector cimport vector as _k_vector
+import numpy as _k_np
+
+cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
+    ctypedef void (*_KQuantizeFn)(const float*, int, int, _k_i8*, float*, _k_i32*) noexcept nogil
+    ctypedef void (*_KTernaryFn)(const _k_u8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
+    ctypedef void (*_KI8Fn)(const _k_i8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
+    ctypedef void (*_KF32Fn)(const float*, int, int, const float*, int, int, float*, int, int, int) noexcept nogil
+    cdef struct _KTable "wfrt::KernelTable":
+        const char* name
+        _KQuantizeFn quantize_row_i8
+        _KTernaryFn ternary_gemm
+        _KI8Fn i8_gemm
+        _KF32Fn f32_gemm
+    size_t _k_packed_bytes "wfrt::ternary_packed_bytes"(int N, int K)
+    void _k_pack "wfrt::ternary_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
+    void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
+    int _k_padded_k "wfrt::ternary_padded_k"(int K)
+    int _k_layout_version "wfrt::ternary_layout_version"()
+    const _KTable& _k_kernels "wfrt::kernels"() except +
+    _k_vector[const _KTable*] _k_supported "wfrt::supported_kernels"()
+    const _KTable* _k_by_name "wfrt::kernels_by_name"(const _k_string& name)
+
+
+def kernel_names():
+    """Names of the kernel tables this CPU runs, generic first."""
+    return [t.name.decode() for t in _k_supported()]
+
+
+def default_kernel_name():
+    """The table the engine uses by default (the best this CPU runs, or WFRT_ISA)."""
+    return _k_kernels().name.decode()
+
+
+def ternary_layout_version():
+    return _k_layout_version()
+
+
+def ternary_padded_k(int K):
+    return _k_padded_k(K)
+
+
+cdef const _KTable* _k_table(name) except NULL:
+    cdef const _KTable* t = _k_by_name(str(name).encode())
+    if t == NULL:
+        raise ValueError(f"kernel table {name!r} is unknown or not supported by this CPU "
+                         f"(supported: {', '.join(kernel_names())})")
+    return t
+
+
+cdef tuple _k_range(int N, n0, n1):
+    cdef int a = 0 if n0 is None else n0
+    cdef int b = N if n1 is None else n1
+    if not 0 <= a <= b <= N:
+        raise ValueError(f"output row range [{a}, {b}) is not inside [0, {N})")
+    return a, b
+
+
+def _k_check_dims(**dims):
+    for what, v in dims.items():
+        if v < 1:
+            raise ValueError(f"{what} must be positive, got {v}")
+
+
+def ternary_pack(codes):
+    """Packs an (N, K) int8 array of codes in {-1, 0, 1} into the kernels' layout (1-D uint8)."""
+    cdef const _k_i8[:, ::1] q = _k_np.ascontiguousarray(codes, dtype=_k_np.int8)
+    cdef int N = q.shape[0], K = q.shape[1]
+    _k_check_dims(N=N, K=K)
+    out = _k_np.empty(_k_packed_bytes(N, K), dtype=_k_np.uint8)
+    cdef _k_u8[::1] o = out
+    _k_pack(&q[0, 0], N, K, &o[0])
+    return out
+
+
+cdef const _k_u8[::1] _k_packed(packed, int N, int K) except *:
+    _k_check_dims(N=N, K=K)
+    cdef const _k_u8[::1] w = _k_np.ascontiguousarray(packed, dtype=_k_np.uint8).reshape(-1)
+    if <size_t>w.shape[0] != _k_packed_bytes(N, K):
+        raise ValueError(f"packed ternary weights hold {w.shape[0]} bytes, expected "
+                         f"{_k_packed_bytes(N, K)} for N={N}, K={K}")
+    return w
+
+
+def ternary_unpack(packed, int N, int K):
+    """Inverse of ternary_pack: the (N, K) int8 codes."""
+    cdef const _k_u8[::1] w = _k_packed(packed, N, K)
+    out = _k_np.empty((N, K), dtype=_k_np.int8)
+    cdef _k_i8[:, ::1] o = out
+    _k_unpack(&w[0], N, K, &o[0, 0])
+    return out
+
+
+def quantize_row_i8(name, x, K_padded=None):
+    """Per-row absmax int8 quantization of a 1-D float32 row: (xq int8 (K_padded,), scale, sum)."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const float[::1] xv = _k_np.ascontiguousarray(x, dtype=_k_np.float32).reshape(-1)
+    cdef int K = xv.shape[0]
+    _k_check_dims(K=K)
+    cdef int Kp = _k_padded_k(K) if K_padded is None else K_padded
+    if Kp < K:
+        raise ValueError(f"K_padded={Kp} is smaller than the row length {K}")
+    out = _k_np.empty(Kp, dtype=_k_np.int8)
+    cdef _k_i8[::1] o = out
+    cdef float scale = 0
+    cdef _k_i32 s = 0
+    with nogil:
+        t.quantize_row_i8(&xv[0], K, Kp, &o[0], &scale, &s)
+    return out, scale, s
+
+
+def ternary_gemm(name, packed, int N, int K, X, out=None, n0=None, n1=None):
+    """Y (M, N) int32 = sum_k u[n, k] * X[m, k] with u = code + 1, for rows n in [n0, n1)
+    (others are left as they are in `out`, zero when it is not given). X: (M, >= padded K) int8."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const _k_u8[::1] w = _k_packed(packed, N, K)
+    cdef const _k_i8[:, ::1] x = _k_np.ascontiguousarray(X, dtype=_k_np.int8)
+    cdef int M = x.shape[0], ldx = x.shape[1]
+    _k_check_dims(M=M)
+    if ldx < _k_padded_k(K):
+        raise ValueError(f"activations have {ldx} columns, the kernels need {_k_padded_k(K)} (K={K} zero padded)")
+    y = _k_np.zeros((M, N), dtype=_k_np.int32) if out is None else out
+    cdef _k_i32[:, ::1] yv = y
+    if yv.shape[0] != M or yv.shape[1] != N:
+        raise ValueError(f"out has shape {tuple(y.shape)}, expected {(M, N)}")
+    cdef int a, b
+    a, b = _k_range(N, n0, n1)
+    with nogil:
+        t.ternary_gemm(&w[0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
+    return y
+
+
+def i8_gemm(name, W, X, out=None, n0=None, n1=None):
+    """Y (M, N) int32 = X (M, K) int8 @ W (N, K) int8 transposed, for rows n in [n0, n1).
+    X must lie in [-127, 127]."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const _k_i8[:, ::1] w = _k_np.ascontiguousarray(W, dtype=_k_np.int8)
+    cdef const _k_i8[:, ::1] x = _k_np.ascontiguousarray(X, dtype=_k_np.int8)
+    cdef int N = w.shape[0], K = w.shape[1], M = x.shape[0], ldx = x.shape[1]
+    _k_check_dims(N=N, K=K, M=M)
+    if ldx < K:
+        raise ValueError(f"activations have {ldx} columns, weights have K={K}")
+    y = _k_np.zeros((M, N), dtype=_k_np.int32) if out is None else out
+    cdef _k_i32[:, ::1] yv = y
+    if yv.shape[0] != M or yv.shape[1] != N:
+        raise ValueError(f"out has shape {tuple(y.shape)}, expected {(M, N)}")
+    cdef int a, b
+    a, b = _k_range(N, n0, n1)
+    with nogil:
+        t.i8_gemm(&w[0, 0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
+    return y
+
+
+def f32_gemm(name, W, X, out=None, n0=None, n1=None):
+    """Y (M, N) float32 = X (M, K) @ W (N, K) transposed, for rows n in [n0, n1)."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const float[:, ::1] w = _k_np.ascontiguousarray(W, dtype=_k_np.float32)
+    cdef const float[:, ::1] x = _k_np.ascontiguousarray(X, dtype=_k_np.float32)
+    cdef int N = w.shape[0], K = w.shape[1], M = x.shape[0], ldx = x.shape[1]
+    _k_check_dims(N=N, K=K, M=M)
+    if ldx < K:
+        raise ValueError(f"activations have {ldx} columns, weights have K={K}")
+    y = _k_np.zeros((M, N), dtype=_k_np.float32) if out is None else out
+    cdef float[:, ::1] yv = y
+    if yv.shape[0] != M or yv.shape[1] != N:
+        raise ValueError(f"out has shape {tuple(y.shape)}, expected {(M, N)}")
+    cdef int a, b
+    a, b = _k_range(N, n0, n1)
+    with nogil:
+        t.f32_gemm(&w[0, 0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
+    return y
