@@ -1,0 +1,139 @@
+"""Tiny random HF BitNet models (the reference for every correctness test) and writers that
+save them as real checkpoints: online (float master weights) or offline (transformers'
+own ``pack_weights``), single file or sharded.
+
+transformers only applies the BitNet quantizer inside ``from_pretrained`` (which also wants
+accelerate); here the ``nn.Linear`` layers are swapped for transformers' own ``AutoBitLinear``
+with ``online_quant=True`` directly, which is exactly what the quantizer installs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import BitNetConfig, BitNetForCausalLM
+from transformers.integrations.bitnet import AutoBitLinear, pack_weights
+
+__all__ = ["make_hf_model", "save_hf_model", "quantization_config", "TINY_DEFAULTS"]
+
+TINY_DEFAULTS = dict(
+    vocab_size=250,            # not a multiple of 32
+    hidden_size=64,
+    intermediate_size=160,     # not a multiple of 128
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=[2, 3],
+    rope_theta=10000.0,
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quantization_config(mode: str = "online", linear_class: str = "autobitlinear") -> dict:
+    return {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": mode,
+            "use_rms_norm": False, "rms_norm_eps": 1e-6, "modules_to_not_convert": ["lm_head"]}
+
+
+def make_hf_model(seed: int = 0, storage_dtype: str = "float32", **overrides) -> BitNetForCausalLM:
+    """A random fp32 ``BitNetForCausalLM`` with online AutoBitLinear layers and eager attention.
+
+    ``overrides`` are BitNetConfig fields; ``head_dim`` sets ``hidden_size = heads * head_dim``.
+    Norm weights are randomised too. With ``storage_dtype`` bf16/fp16 every parameter is rounded
+    through that dtype, so that saving in it is lossless and the fp32 model stays the reference.
+    """
+    kw = dict(TINY_DEFAULTS)
+    kw.update(overrides)
+    theta = kw.pop("rope_theta")
+    head_dim = kw.pop("head_dim", None)
+    if head_dim is not None:
+        kw["hidden_size"] = kw["num_attention_heads"] * head_dim
+    kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    config = BitNetConfig(**kw)
+    config.quantization_config = quantization_config("online")
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = BitNetForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif name.startswith("lm_head"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            if storage_dtype != "float32":
+                p.copy_(p.to(_DTYPES[storage_dtype]).float())
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            new = AutoBitLinear(module.in_features, module.out_features, bias=False, online_quant=True)
+            with torch.no_grad():
+                new.weight.copy_(module.weight)
+            model.set_submodule(name, new.eval())
+    model.set_attn_implementation("eager")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def _offline_linear(weight: torch.Tensor, linear_class: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' WeightQuant on fp32, then pack_weights; the scale in each convention."""
+    w = weight.detach().float()
+    inv = 1.0 / w.abs().mean().clamp(min=1e-5)
+    q = (w * inv).round().clamp(-1, 1).to(torch.int8)
+    packed = pack_weights(q.clone())
+    # autobitlinear: output * weight_scale; legacy bitlinear: output / weight_scale.
+    scale = (1.0 / inv) if linear_class == "autobitlinear" else inv
+    return packed, scale.reshape(1)
+
+
+def save_hf_model(model: BitNetForCausalLM, path: str | Path, *, mode: str = "online",
+                  linear_class: str = "autobitlinear", dtype: str = "float32",
+                  shards: int = 1, config_overrides: dict | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (or ``shards`` files with the standard
+    ``model.safetensors.index.json``). Offline: linear weights packed uint8 + weight_scale."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tdtype = _DTYPES[dtype]
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        if mode == "offline" and isinstance(module, AutoBitLinear) and name.endswith(".weight"):
+            packed, scale = _offline_linear(p, linear_class)
+            tensors[name] = packed.contiguous()
+            tensors[name[:-len("weight")] + "weight_scale"] = scale.to(tdtype).contiguous()
+        else:
+            tensors[name] = p.detach().to(tdtype).contiguous().clone()
+
+    cfg = model.config.to_dict()
+    cfg["quantization_config"] = quantization_config(mode, linear_class)
+    cfg["torch_dtype"] = dtype
+    cfg.update(config_overrides or {})
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    names = list(tensors)
+    if shards == 1:
+        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return path
+    per = (len(names) + shards - 1) // shards
+    weight_map = {}
+    for k in range(shards):
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[k * per:(k + 1) * per]}
+        save_file(part, str(path / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in part})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return path
