@@ -46,6 +46,12 @@ def ternary_padded_k(int K):
     return _k_padded_k(K)
 
 
+def ternary_packed_bytes(int N, int K):
+    """Bytes ternary_pack writes for an (N, K) matrix (the packed file format checks sizes)."""
+    _k_check_dims(N=N, K=K)
+    return _k_packed_bytes(N, K)
+
+
 cdef const _KTable* _k_table(name) except NULL:
     cdef const _KTable* t = _k_by_name(str(name).encode())
     if t == NULL:
