@@ -1,0 +1,99 @@
+"""Request and engine parameters: msgspec Structs, validated once at the API boundary.
+
+Constructing a Struct does not check anything (msgspec only checks while decoding), so every
+public entry point passes its parameters through ``validate()``, which re-decodes them and
+reports the exact field path of a bad value (``Expected `int` >= 1 - at `$.max_tokens```).
+Field names follow vLLM's where one exists.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+__all__ = ["SamplingParams", "DiffusionParams", "EngineConfig", "validate"]
+
+_NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+_PosInt = Annotated[int, msgspec.Meta(ge=1)]
+_TokenId = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SamplingParams(msgspec.Struct, kw_only=True):
+    """How tokens are chosen and when a request stops.
+
+    ``temperature`` 0 is greedy (argmax). ``seed`` makes a sampled request reproducible
+    whatever else shares the batch. ``stop`` strings end the request and are not included in
+    the text; a token in ``stop_token_ids`` (or EOS unless ``ignore_eos``) ends it and is kept
+    in ``token_ids`` but not in ``text``. ``max_tokens`` is exact.
+    """
+
+    max_tokens: _PosInt = 256
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.0
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    top_k: _NonNegInt = 0
+    seed: int | None = None
+    stop: list[Annotated[str, msgspec.Meta(min_length=1)]] = []
+    stop_token_ids: list[_TokenId] = []
+    ignore_eos: bool = False
+
+
+class DiffusionParams(msgspec.Struct, kw_only=True):
+    """Block-diffusion (DLM) decoding, Fast-dLLM v2 style (docs/api.md).
+
+    ``None`` fields are resolved from the engine's defaults, then the model config, then the
+    tokenizer (the mask token). ``attention``: ``"causal"`` (WrinkleFree DLMs) or ``"block"``
+    (block-causal, Fast-dLLM v2); by default block-causal when the model config names a
+    ``bd_size``. ``threshold`` above 1 unmasks exactly one token per step.
+    """
+
+    block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    sub_block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    threshold: Annotated[float, msgspec.Meta(ge=0.0)] = 0.9
+    mask_token_id: _TokenId | None = None
+    shift: bool | None = None
+    attention: Literal["causal", "block"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None and self.sub_block_size is not None \
+                and self.block_size % self.sub_block_size:
+            raise ValueError(f"sub_block_size {self.sub_block_size} must divide "
+                             f"block_size {self.block_size}")
+
+
+class EngineConfig(msgspec.Struct, kw_only=True):
+    """Engine-wide settings (``Engine.from_pretrained(path, **fields)``).
+
+    ``max_num_seqs``: concurrent sequences (KV slots); more requests wait. ``kv_cache_tokens``:
+    KV pool size in positions, 0 for enough for every slot at full model length.
+    ``max_num_batched_tokens``: rows per forward; decode and denoising rows are packed first,
+    prefill chunks fill the rest. ``lm_head``: ``"int8"`` (fast) or ``"fp32"`` (exact
+    reference). ``chat_template``: ``"auto"`` reads the tokenizer config.
+    ``diffusion``: defaults for DLM requests that leave a field unset.
+    """
+
+    max_num_seqs: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
+    max_num_batched_tokens: Annotated[int, msgspec.Meta(ge=1)] = 256
+    kv_cache_tokens: _NonNegInt = 0
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    num_threads: _NonNegInt = 0
+    lm_head: Literal["int8", "fp32"] = "int8"
+    isa: str = ""
+    chat_template: Literal["auto", "bitnet", "llama3"] = "auto"
+    diffusion: DiffusionParams = msgspec.field(default_factory=DiffusionParams)
+
+
+_T = TypeVar("_T", SamplingParams, DiffusionParams, EngineConfig)
+
+
+def validate(value: Any, kind: type[_T], what: str) -> _T:
+    """``value`` (an instance, a dict or None for the defaults) as a checked ``kind``.
+
+    Raises ``ValueError`` naming ``what`` and the field path."""
+    if value is None:
+        return kind()
+    if isinstance(value, kind):
+        value = msgspec.to_builtins(value)
+    try:
+        return msgspec.convert(value, type=kind)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"invalid {what}: {e}") from None

@@ -1,0 +1,192 @@
+"""Tokenizer (HF ``tokenizers``), chat formats, incremental detokenization and stop strings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Sequence
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+__all__ = ["Tokenizer", "IncrementalDetokenizer", "TextStream", "ChatFormat"]
+
+ChatFormat = Literal["bitnet", "llama3"]
+
+# Spellings of the DLM mask token in the checkpoints we know (WrinkleFree / Fast-dLLM v2 /
+# LLaDA); used only when neither the request nor the model config names a mask id.
+_MASK_TOKEN_NAMES = ("|<MASK>|", "<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+class Tokenizer:
+    """``tokenizer.json`` plus what ``tokenizer_config.json`` says about special tokens.
+
+    Prompts given as text get the tokenizer's own special tokens (BOS for Llama-3); chat
+    messages are rendered to text that already starts with BOS and encoded without adding more.
+    """
+
+    def __init__(self, tokenizer: _HFTokenizer, config: dict | None = None,
+                 chat_format: ChatFormat | Literal["auto"] = "auto"):
+        self._tok = tokenizer
+        config = config or {}
+        self.bos_token = _token_text(config.get("bos_token")) or "<|begin_of_text|>"
+        self.eos_token_ids = tuple(t for t in (self.token_id(_token_text(config.get("eos_token"))),)
+                                   if t is not None)
+        self.mask_token_id = self.token_id(_token_text(config.get("mask_token")))
+        if self.mask_token_id is None:
+            self.mask_token_id = next((t for t in map(self.token_id, _MASK_TOKEN_NAMES) if t is not None),
+                                      None)
+        self.chat_format: ChatFormat = (_detect_chat_format(config.get("chat_template"))
+                                        if chat_format == "auto" else chat_format)
+        self._special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+
+    @classmethod
+    def from_dir(cls, path: str | Path, chat_format: ChatFormat | Literal["auto"] = "auto") -> "Tokenizer":
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        try:
+            tok = _HFTokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception for unreadable files
+            raise ValueError(f"{file}: cannot load tokenizer: {e}") from None
+        config_path = file.parent / "tokenizer_config.json"
+        config = {}
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{config_path}: cannot read tokenizer config: {e}") from None
+        return cls(tok, config, chat_format)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, text: str | None) -> int | None:
+        return None if text is None else self._tok.token_to_id(text)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """Render ``[{"role": ..., "content": ...}, ...]`` in the model's chat format.
+
+        bitnet (BitNet b1.58 2B-4T): ``<BOS>User: hi<|eot_id|>Assistant: ``.
+        llama3: ``<BOS><|start_header_id|>user<|end_header_id|>\\n\\nhi<|eot_id|>...``.
+        """
+        parts = [self.bos_token]
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise ValueError(f"messages[{i}]: expected a dict with 'role' and 'content', "
+                                 f"got {type(message).__name__}")
+            role, content = message.get("role"), message.get("content")
+            if role not in _ROLES:
+                raise ValueError(f"messages[{i}].role: {role!r} is not one of {list(_ROLES)}")
+            if not isinstance(content, str):
+                raise ValueError(f"messages[{i}].content: expected str, got {type(content).__name__}")
+            if self.chat_format == "llama3":
+                parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>")
+            else:
+                parts.append(f"{role.capitalize()}: {content.strip()}<|eot_id|>")
+        if add_generation_prompt:
+            parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n"
+                         if self.chat_format == "llama3" else "Assistant: ")
+        return "".join(parts)
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+
+
+def _token_text(value) -> str | None:
+    # tokenizer_config.json spells special tokens as a string or as an AddedToken dict.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _detect_chat_format(template) -> ChatFormat:
+    if isinstance(template, str) and "<|start_header_id|>" in template:
+        return "llama3"
+    return "bitnet"
+
+
+class IncrementalDetokenizer:
+    """Text of a growing token list, released only in whole characters.
+
+    Byte-level BPE can split one UTF-8 character over several tokens; decoding such a prefix
+    yields U+FFFD. Text is released once the decoded tail no longer ends in U+FFFD, and is
+    diffed against the decode of a few preceding tokens so that decoders which strip a leading
+    space at the start of a slice (SentencePiece) still give the right text.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tok = tokenizer
+        self.token_ids: list[int] = []
+        self.text = ""
+        self._prefix = 0  # start of the slice whose decode is diffed
+        self._read = 0    # tokens whose text has been released
+
+    def add(self, token_id: int) -> str:
+        """Append one token; returns the newly complete text (possibly empty)."""
+        self.token_ids.append(token_id)
+        return self._release(final=False)
+
+    def flush(self) -> str:
+        """Release whatever is left, incomplete characters included (the request ended)."""
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        ids = self.token_ids
+        prefix_text = self._tok.decode(ids[self._prefix:self._read])
+        full = self._tok.decode(ids[self._prefix:])
+        if len(full) <= len(prefix_text) or (full.endswith("\ufffd") and not final):
+            return ""
+        delta = full[len(prefix_text):]
+        self._prefix, self._read = self._read, len(ids)
+        self.text += delta
+        return delta
+
+
+class TextStream:
+    """A request's output text: incremental detokenization plus stop strings.
+
+    ``text`` is everything decoded so far, cut before the first stop string once one appears
+    (``stopped`` is then True). While the request runs, ``visible`` holds back the last
+    ``len(longest stop) - 1`` characters, which could still turn out to start a stop string, so
+    streamed text is never taken back.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+        self._detok = IncrementalDetokenizer(tokenizer)
+        self._stop = tuple(stop)
+        self._holdback = max((len(s) for s in self._stop), default=1) - 1
+        self.text = ""
+        self.stopped: str | None = None
+
+    def add(self, token_id: int) -> bool:
+        """Append a token's text; True when a stop string has just appeared."""
+        return self._extend(self._detok.add(token_id))
+
+    def finish(self) -> bool:
+        return self._extend(self._detok.flush())
+
+    def _extend(self, delta: str) -> bool:
+        if not delta or self.stopped is not None:
+            return False
+        start = max(0, len(self.text) - self._holdback)
+        self.text += delta
+        hits = [(i, s) for s in self._stop if (i := self.text.find(s, start)) >= 0]
+        if not hits:
+            return False
+        cut, self.stopped = min(hits)
+        self.text = self.text[:cut]
+        return True
+
+    def visible(self, final: bool) -> str:
+        if final or self.stopped is not None or not self._holdback:
+            return self.text
+        return self.text[:max(0, len(self.text) - self._holdback)]
