@@ -27,7 +27,7 @@ try:
 except ImportError as e:  # an optional bench extra
     raise SystemExit("bench.gguf_writer needs the `gguf` package (pip install gguf)") from e
 
-__all__ = ["QTYPES", "llama3_vocab", "gguf_tensor_name", "write_gguf", "cached_gguf"]
+__all__ = ["QTYPES", "llama3_vocab", "gguf_tensor_name", "write_gguf", "verify_gguf", "cached_gguf"]
 
 QTYPES = {"TQ2_0": gguf.GGMLQuantizationType.TQ2_0, "TQ1_0": gguf.GGMLQuantizationType.TQ1_0}
 CACHE = Path(__file__).resolve().parent.parent / ".models" / "bench"
@@ -157,6 +157,22 @@ def write_gguf(path: Path, shape: synth.Shape, qtype: str, seed: int = 0,
     return path
 
 
+def verify_gguf(path: Path, shape: synth.Shape, seed: int = 0,
+                names: tuple[str, ...] = ("layers.0.q_proj", "layers.0.down_proj", "norm")) -> None:
+    """Read ``names`` back with ``gguf.GGUFReader``: ternary tensors must dequantize to exactly
+    ``q * s`` and float tensors must match bit for bit. Raises ``AssertionError`` otherwise."""
+    reader = gguf.GGUFReader(str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    for name in names:
+        t = by_name[gguf_tensor_name(name)]
+        want = synth.make_tensor(shape, name, seed)
+        got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+        if isinstance(want, synth.TernaryWeight):
+            want = want.data.astype(np.float32) * np.float32(want.scale)
+        if not np.array_equal(got.reshape(want.shape), want):
+            raise AssertionError(f"{path.name}: {t.name} does not hold the synthetic weights")
+
+
 def cached_gguf(shape: synth.Shape, qtype: str, seed: int = 0, progress: bool = True) -> Path:
     """The GGUF for (shape, qtype, seed) under .models/bench/, written once (atomically)."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -165,6 +181,7 @@ def cached_gguf(shape: synth.Shape, qtype: str, seed: int = 0, progress: bool = 
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             write_gguf(tmp, shape, qtype, seed, progress)
+            verify_gguf(tmp, shape, seed)
             tmp.rename(path)
         finally:
             tmp.unlink(missing_ok=True)
