@@ -1,0 +1,353 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+
+#include "kv_cache.h"
+#include "model.h"
+#include "sampling.h"
+#include "thread_pool.h"
+
+namespace wfrt {
+
+namespace {
+
+// Default pool when kv_pages = 0: every slot at full length, but at most this many bytes, so a
+// large model with many slots does not reserve tens of GiB of address space.
+constexpr size_t kDefaultKvBudgetBytes = size_t(4) << 30;
+
+const KernelTable& pick_kernels(const std::string& isa) {
+    if (isa.empty()) return kernels();
+    const KernelTable* t = kernels_by_name(isa);
+    if (t == nullptr) throw std::invalid_argument("isa '" + isa + "' is unknown or not supported by this CPU");
+    return *t;
+}
+
+int pick_threads(int n) {
+    if (n < 0) throw std::invalid_argument("num_threads must be >= 0, got " + std::to_string(n));
+    return n == 0 ? physical_core_count() : n;
+}
+
+int pick_pages(const ModelConfig& cfg, const EngineOptions& opt) {
+    if (opt.kv_pages < 0) throw std::invalid_argument("kv_pages must be >= 0, got " + std::to_string(opt.kv_pages));
+    if (opt.page_size < 1) throw std::invalid_argument("page_size must be >= 1, got " + std::to_string(opt.page_size));
+    if (opt.max_slots < 1) throw std::invalid_argument("max_slots must be >= 1, got " + std::to_string(opt.max_slots));
+    if (opt.kv_pages > 0) return opt.kv_pages;
+    const long per_seq = (cfg.max_positions + opt.page_size - 1) / opt.page_size;
+    const size_t page_bytes = size_t(2) * cfg.num_layers * opt.page_size * cfg.num_kv_heads * cfg.head_dim * sizeof(float);
+    const long budget = static_cast<long>(std::max<size_t>(1, kDefaultKvBudgetBytes / std::max<size_t>(1, page_bytes)));
+    return static_cast<int>(std::min(per_seq * opt.max_slots, std::max(per_seq, budget)));
+}
+
+// Grow-only buffers: a step allocates only when it is larger than every step before it.
+template <class T>
+T* grow(std::vector<T>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
+
+std::string row_str(int i) { return "row " + std::to_string(i); }
+
+}  // namespace
+
+struct BitNetBatchEngine::Impl {
+    Impl(const ModelConfig& c, const EngineOptions& o, const std::vector<NamedTensor>& tensors)
+        : opt(o),
+          kern(&pick_kernels(o.isa)),
+          pool(pick_threads(o.num_threads)),
+          model(c, o.lm_head, tensors, pool),
+          kv(c.num_layers, c.num_kv_heads * c.head_dim, o.page_size, pick_pages(c, o), o.max_slots) {}
+
+    void validate(const StepInput& in);
+    void publish_counts() {
+        pages_free.store(kv.pages_free(), std::memory_order_relaxed);
+        slots_free.store(kv.slots_free(), std::memory_order_relaxed);
+    }
+    void forward(const StepInput& in, StepOutput& out);
+    void attention(int layer, const StepInput& in);
+
+    EngineOptions opt;
+    const KernelTable* kern;
+    ThreadPool pool;
+    Model model;
+    KVCache kv;
+    std::mutex mu;                   // one step or sequence operation at a time
+    std::atomic<bool> cancelled{false};
+    // Counts readable while a step runs (the scheduler polls them without waiting on `mu`).
+    std::atomic<int> pages_free{0}, slots_free{0};
+
+    // Step workspace (grow-only).
+    std::vector<float> x, a_norm, q, k, v, o, tmp, gate, up, scores, xo, logits, qa;
+    std::vector<int8_t> xq;
+    std::vector<int32_t> y32, xsum, chosen;
+    std::vector<int> step_hw;
+    std::vector<std::pair<int, int>> row_keys;
+    std::vector<SampleScratch> sample_scratch;
+};
+
+void BitNetBatchEngine::Impl::validate(const StepInput& in) {
+    const ModelConfig& c = model.cfg;
+    if (in.n_rows < 0) throw std::invalid_argument("n_rows must be >= 0, got " + std::to_string(in.n_rows));
+    if (in.n_out < 0 || in.n_out > in.n_rows)
+        throw std::invalid_argument("n_out must be in [0, n_rows=" + std::to_string(in.n_rows) + "], got " + std::to_string(in.n_out));
+    if (in.n_rows > 0 && (!in.slot || !in.position || !in.token))
+        throw std::invalid_argument("slot, position and token arrays are required");
+    if (in.n_out > 0 && (!in.out_row || !in.out_mode)) throw std::invalid_argument("out_row and out_mode arrays are required");
+    for (int i = 0; i < in.n_rows; ++i) {
+        const int s = in.slot[i], p = in.position[i], t = in.token[i];
+        if (!kv.is_live(s)) throw std::invalid_argument(row_str(i) + ": slot " + std::to_string(s) + " is not allocated");
+        if (p < 0 || p >= kv.reserved(s))
+            throw std::invalid_argument(row_str(i) + ": position " + std::to_string(p) + " is outside slot " + std::to_string(s) +
+                                        "'s reservation of " + std::to_string(kv.reserved(s)) + " positions");
+        if (t < 0 || t >= c.vocab_size)
+            throw std::invalid_argument(row_str(i) + ": token " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                        std::to_string(c.vocab_size) + ")");
+    }
+    // Two rows writing the same (slot, position) would race for one K/V entry.
+    std::vector<std::pair<int, int>>& keys = row_keys;
+    keys.resize(in.n_rows);
+    for (int i = 0; i < in.n_rows; ++i) keys[i] = {in.slot[i], in.position[i]};
+    std::sort(keys.begin(), keys.end());
+    auto dup = std::adjacent_find(keys.begin(), keys.end());
+    if (dup != keys.end())
+        throw std::invalid_argument("two rows write slot " + std::to_string(dup->first) + " position " + std::to_string(dup->second));
+    for (int j = 0; j < in.n_out; ++j) {
+        const std::string where = "output " + std::to_string(j);
+        if (in.out_row[j] < 0 || in.out_row[j] >= in.n_rows)
+            throw std::invalid_argument(where + ": out_row " + std::to_string(in.out_row[j]) + " is not a row of this step");
+        const int mode = in.out_mode[j];
+        if (mode < 0 || mode > 2) throw std::invalid_argument(where + ": out_mode " + std::to_string(mode) + " is not 0, 1 or 2");
+        if (in.exclude && (in.exclude[j] < -1 || in.exclude[j] >= c.vocab_size))
+            throw std::invalid_argument(where + ": exclude " + std::to_string(in.exclude[j]) + " is not -1 or a token id");
+        if (mode != 1) continue;
+        if (in.temperature && !(std::isfinite(in.temperature[j]) && in.temperature[j] >= 0.0f))
+            throw std::invalid_argument(where + ": temperature must be finite and >= 0");
+        if (in.top_k && in.top_k[j] < 0) throw std::invalid_argument(where + ": top_k must be >= 0");
+        if (in.top_p && !(in.top_p[j] > 0.0f && in.top_p[j] <= 1.0f))
+            throw std::invalid_argument(where + ": top_p must be in (0, 1]");
+        if (in.uniform && !(in.uniform[j] >= 0.0f && in.uniform[j] < 1.0f))
+            throw std::invalid_argument(where + ": uniform must be in [0, 1)");
+    }
+}
+
+void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
+    const ModelConfig& c = model.cfg;
+    const int hd = c.head_dim, nh = c.num_heads, group = c.num_heads / c.num_kv_heads;
+    const int QD = nh * hd;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const int M = in.n_rows;
+
+    // Visible keys form a prefix [0, limit) of the slot: p_k // B <= p_q // B and p_k < high-water.
+    int max_limit = 1;
+    for (int i = 0; i < M; ++i) {
+        const int s = in.slot[i], B = kv.attn_block(s);
+        max_limit = std::max(max_limit, std::min(step_hw[s], (in.position[i] / B + 1) * B));
+    }
+    float* sc_all = grow(scores, static_cast<size_t>(max_limit) * pool.size());
+    float* O = o.data();
+    const float* Q = q.data();
+
+    pool.parallel_for(M * nh, [&](int task, int thread) {
+        const int i = task / nh, h = task % nh;
+        const int s = in.slot[i], B = kv.attn_block(s);
+        const int limit = std::min(step_hw[s], (in.position[i] / B + 1) * B);
+        const int kvo = (h / group) * hd;
+        const float* qh = Q + static_cast<size_t>(i) * QD + static_cast<size_t>(h) * hd;
+        float* sc = sc_all + static_cast<size_t>(thread) * max_limit;
+        float mx = -INFINITY;
+        for (int j = 0; j < limit; ++j) {
+            const float* kr = kv.k_row(layer, s, j) + kvo;
+            float d = 0.0f;
+            for (int e = 0; e < hd; ++e) d += qh[e] * kr[e];
+            sc[j] = d * scale;
+            mx = std::max(mx, sc[j]);
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < limit; ++j) {
+            sc[j] = std::exp(sc[j] - mx);
+            sum += sc[j];
+        }
+        const float inv = 1.0f / sum;
+        float* oh = O + static_cast<size_t>(i) * QD + static_cast<size_t>(h) * hd;
+        std::fill(oh, oh + hd, 0.0f);
+        for (int j = 0; j < limit; ++j) {
+            const float w = sc[j] * inv;
+            const float* vr = kv.v_row(layer, s, j) + kvo;
+            for (int e = 0; e < hd; ++e) oh[e] += w * vr[e];
+        }
+    });
+}
+
+void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
+    const ModelConfig& c = model.cfg;
+    const int M = in.n_rows, H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+    const int QD = c.num_heads * c.head_dim, KD = c.num_kv_heads * c.head_dim;
+    const int Kmax = ternary_padded_k(std::max({H, I, QD}));
+    const Compute comp{kern, &pool};
+    const float eps = c.rms_norm_eps;
+
+    // High-water marks as they stand once this step's rows are written.
+    grow(step_hw, kv.max_slots());
+    for (int i = 0; i < M; ++i) step_hw[in.slot[i]] = kv.high_water(in.slot[i]);
+    for (int i = 0; i < M; ++i) step_hw[in.slot[i]] = std::max(step_hw[in.slot[i]], in.position[i] + 1);
+
+    float* X = grow(x, static_cast<size_t>(M) * H);
+    float* A = grow(a_norm, static_cast<size_t>(M) * std::max(H, I));
+    float* Qb = grow(q, static_cast<size_t>(M) * QD);
+    float* Kb = grow(k, static_cast<size_t>(M) * KD);
+    float* Vb = grow(v, static_cast<size_t>(M) * KD);
+    float* Ob = grow(o, static_cast<size_t>(M) * QD);
+    float* T = grow(tmp, static_cast<size_t>(M) * H);
+    float* G = grow(gate, static_cast<size_t>(M) * I);
+    float* U = grow(up, static_cast<size_t>(M) * I);
+    int8_t* XQ = grow(xq, static_cast<size_t>(std::max(M, 1)) * Kmax);
+    float* QA = grow(qa, M);
+    int32_t* XS = grow(xsum, M);
+    int32_t* Y32 = grow(y32, static_cast<size_t>(M) * std::max({QD, KD, H, I}));
+
+    for (int i = 0; i < M; ++i)
+        std::memcpy(X + static_cast<size_t>(i) * H, model.embed + static_cast<size_t>(in.token[i]) * H, H * sizeof(float));
+
+    for (int l = 0; l < c.num_layers; ++l) {
+        if (cancelled.load(std::memory_order_relaxed)) throw StepCancelled("step cancelled before layer " + std::to_string(l));
+        const LayerWeights& L = model.layers[l];
+
+        rms_norm_rows(X, L.input_norm.data(), M, H, eps, A);
+        quantize_rows(comp, A, M, H, XQ, QA, XS);
+        {
+            const TernaryMatrix* mats[] = {&L.q, &L.k, &L.v};
+            float* outs[] = {Qb, Kb, Vb};
+            bitlinear(comp, mats, outs, 3, XQ, QA, XS, M, Y32);
+        }
+        pool.parallel_for(M, [&](int i, int) {
+            rope_row(Qb + static_cast<size_t>(i) * QD, c.num_heads, c.head_dim, model.inv_freq.data(), in.position[i]);
+            float* kr = Kb + static_cast<size_t>(i) * KD;
+            rope_row(kr, c.num_kv_heads, c.head_dim, model.inv_freq.data(), in.position[i]);
+            std::memcpy(kv.k_row(l, in.slot[i], in.position[i]), kr, KD * sizeof(float));
+            std::memcpy(kv.v_row(l, in.slot[i], in.position[i]), Vb + static_cast<size_t>(i) * KD, KD * sizeof(float));
+        });
+        attention(l, in);
+
+        rms_norm_rows(Ob, L.attn_sub_norm.data(), M, QD, eps, A);
+        quantize_rows(comp, A, M, QD, XQ, QA, XS);
+        {
+            const TernaryMatrix* mats[] = {&L.o};
+            float* outs[] = {T};
+            bitlinear(comp, mats, outs, 1, XQ, QA, XS, M, Y32);
+        }
+        for (size_t e = 0; e < static_cast<size_t>(M) * H; ++e) X[e] += T[e];
+
+        rms_norm_rows(X, L.post_attn_norm.data(), M, H, eps, A);
+        quantize_rows(comp, A, M, H, XQ, QA, XS);
+        {
+            const TernaryMatrix* mats[] = {&L.gate, &L.up};
+            float* outs[] = {G, U};
+            bitlinear(comp, mats, outs, 2, XQ, QA, XS, M, Y32);
+        }
+        for (size_t e = 0; e < static_cast<size_t>(M) * I; ++e) {
+            const float r = G[e] > 0.0f ? G[e] : 0.0f;
+            G[e] = r * r * U[e];
+        }
+        rms_norm_rows(G, L.ffn_sub_norm.data(), M, I, eps, A);
+        quantize_rows(comp, A, M, I, XQ, QA, XS);
+        {
+            const TernaryMatrix* mats[] = {&L.down};
+            float* outs[] = {T};
+            bitlinear(comp, mats, outs, 1, XQ, QA, XS, M, Y32);
+        }
+        for (size_t e = 0; e < static_cast<size_t>(M) * H; ++e) X[e] += T[e];
+    }
+
+    const int n_out = in.n_out;
+    if (n_out > 0) {
+        float* XO = grow(xo, static_cast<size_t>(n_out) * H);
+        for (int j = 0; j < n_out; ++j)
+            rms_norm_rows(X + static_cast<size_t>(in.out_row[j]) * H, model.final_norm.data(), 1, H, eps,
+                          XO + static_cast<size_t>(j) * H);
+        float* LG = grow(logits, static_cast<size_t>(n_out) * V);
+        int32_t* HY = grow(y32, static_cast<size_t>(n_out) * V);
+        int8_t* HQ = grow(xq, static_cast<size_t>(n_out) * ternary_padded_k(H));
+        float* HA = grow(qa, n_out);
+        lm_head_rows(comp, model, XO, n_out, LG, HQ, HA, HY);
+
+        if (sample_scratch.size() < static_cast<size_t>(pool.size())) sample_scratch.resize(pool.size());
+        pool.parallel_for(n_out, [&](int j, int thread) {
+            SampleSpec spec;
+            spec.sample = in.out_mode[j] == 1;
+            spec.exclude = in.exclude ? in.exclude[j] : -1;
+            if (in.temperature) spec.temperature = in.temperature[j];
+            if (in.top_k) spec.top_k = in.top_k[j];
+            if (in.top_p) spec.top_p = in.top_p[j];
+            if (in.uniform) spec.uniform = in.uniform[j];
+            float p = 0.0f;
+            out.token[j] = choose_token(LG + static_cast<size_t>(j) * V, V, spec, sample_scratch[thread], &p);
+            out.prob[j] = p;
+        });
+        if (out.logits) {
+            size_t r = 0;
+            for (int j = 0; j < n_out; ++j)
+                if (in.out_mode[j] == 2)
+                    std::memcpy(out.logits + (r++) * V, LG + static_cast<size_t>(j) * V, static_cast<size_t>(V) * sizeof(float));
+        }
+    }
+    for (int i = 0; i < M; ++i) kv.raise_high_water(in.slot[i], step_hw[in.slot[i]]);
+}
+
+BitNetBatchEngine::BitNetBatchEngine(const ModelConfig& cfg, const EngineOptions& opt, const std::vector<NamedTensor>& tensors)
+    : impl_(std::make_unique<Impl>(cfg, opt, tensors)) {
+    impl_->publish_counts();
+}
+
+BitNetBatchEngine::~BitNetBatchEngine() = default;
+
+int BitNetBatchEngine::alloc_sequence(int attn_block) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    int slot = impl_->kv.alloc(attn_block);
+    impl_->publish_counts();
+    return slot;
+}
+
+void BitNetBatchEngine::reserve(int slot, int n_positions) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->kv.is_live(slot) && n_positions > impl_->model.cfg.max_positions)
+        throw std::invalid_argument("reserve: " + std::to_string(n_positions) + " positions exceed max_position_embeddings " +
+                                    std::to_string(impl_->model.cfg.max_positions));
+    impl_->kv.reserve(slot, n_positions);
+    impl_->publish_counts();
+}
+
+void BitNetBatchEngine::free_sequence(int slot) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->kv.free(slot);
+    impl_->publish_counts();
+}
+
+bool BitNetBatchEngine::can_reserve(int slot, int n_positions) const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (n_positions > impl_->model.cfg.max_positions) return false;
+    return impl_->kv.can_reserve(slot, n_positions);
+}
+
+void BitNetBatchEngine::step(const StepInput& in, StepOutput& out) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->cancelled.store(false, std::memory_order_relaxed);
+    impl_->validate(in);
+    if (in.n_out > 0 && (!out.token || !out.prob)) throw std::invalid_argument("output token and prob arrays are required");
+    if (in.n_rows == 0) return;
+    impl_->forward(in, out);
+}
+
+void BitNetBatchEngine::cancel() { impl_->cancelled.store(true, std::memory_order_relaxed); }
+
+const ModelConfig& BitNetBatchEngine::config() const { return impl_->model.cfg; }
+int BitNetBatchEngine::pages_total() const { return impl_->kv.pages_total(); }
+int BitNetBatchEngine::pages_free() const { return impl_->pages_free.load(std::memory_order_relaxed); }
+int BitNetBatchEngine::page_size() const { return impl_->kv.page_size(); }
+int BitNetBatchEngine::slots_free() const { return impl_->slots_free.load(std::memory_order_relaxed); }
+int BitNetBatchEngine::num_threads() const { return impl_->pool.size(); }
+const char* BitNetBatchEngine::isa() const { return impl_->kern->name; }
+
+}  // namespace wfrt

@@ -1,0 +1,307 @@
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+
+namespace wfrt {
+
+namespace {
+
+using TensorMap = std::unordered_map<std::string, const TensorView*>;
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+    std::string s = "(";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+const char* dtype_name(int dtype) {
+    switch (dtype) {
+        case 0: return "float32";
+        case 1: return "int8 ternary codes";
+        case 2: return "uint8 packed ternary";
+        case 3: return "int8";
+        default: return "unknown dtype";
+    }
+}
+
+const TensorView* find(const TensorMap& m, const std::string& name, bool required) {
+    auto it = m.find(name);
+    if (it != m.end()) return it->second;
+    if (required) throw BadTensor(name, "missing");
+    return nullptr;
+}
+
+void expect(const std::string& name, const TensorView& t, int dtype, std::vector<int64_t> shape) {
+    if (t.dtype != dtype)
+        throw BadTensor(name, std::string("expected ") + dtype_name(dtype) + ", got " + dtype_name(t.dtype));
+    if (t.shape != shape) throw BadTensor(name, "expected shape " + shape_str(shape) + ", got " + shape_str(t.shape));
+    if (t.data == nullptr) throw BadTensor(name, "no data");
+}
+
+std::vector<float> copy_f32(const TensorMap& m, const std::string& name, int n) {
+    const TensorView& t = *find(m, name, true);
+    expect(name, t, 0, {n});
+    const float* p = static_cast<const float*>(t.data);
+    for (int i = 0; i < n; ++i)
+        if (!std::isfinite(p[i])) throw BadTensor(name, "non-finite value at index " + std::to_string(i));
+    return std::vector<float>(p, p + n);
+}
+
+void check_config(const ModelConfig& c) {
+    auto positive = [](const char* what, int v) {
+        if (v <= 0) throw std::invalid_argument(std::string("config: ") + what + " must be > 0, got " + std::to_string(v));
+    };
+    positive("vocab_size", c.vocab_size);
+    positive("hidden_size", c.hidden_size);
+    positive("intermediate_size", c.intermediate_size);
+    positive("num_hidden_layers", c.num_layers);
+    positive("num_attention_heads", c.num_heads);
+    positive("num_key_value_heads", c.num_kv_heads);
+    positive("head_dim", c.head_dim);
+    positive("max_position_embeddings", c.max_positions);
+    if (c.num_heads % c.num_kv_heads != 0)
+        throw std::invalid_argument("config: num_attention_heads " + std::to_string(c.num_heads) +
+                                    " is not a multiple of num_key_value_heads " + std::to_string(c.num_kv_heads));
+    if (c.num_heads * c.head_dim != c.hidden_size)
+        throw std::invalid_argument("config: num_attention_heads * head_dim = " + std::to_string(c.num_heads * c.head_dim) +
+                                    " must equal hidden_size " + std::to_string(c.hidden_size) +
+                                    " (attn_sub_norm normalises the attention output over hidden_size)");
+    if (c.head_dim % 2 != 0) throw std::invalid_argument("config: head_dim must be even for RoPE, got " + std::to_string(c.head_dim));
+    if (!(c.rms_norm_eps > 0.0f) || !std::isfinite(c.rms_norm_eps))
+        throw std::invalid_argument("config: rms_norm_eps must be a positive finite number");
+    if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta))
+        throw std::invalid_argument("config: rope_theta must be a positive finite number");
+}
+
+// Where a ternary tensor comes from, resolved before the (parallel) packing.
+struct PackJob {
+    std::string name;
+    const TensorView* view;
+    TernaryMatrix* dst;
+};
+
+void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& head) {
+    head.owned_i8.resize(static_cast<size_t>(V) * H);
+    head.owned_scale.resize(V);
+    RowSplit split(V, pool.size());
+    pool.parallel_for(split.tasks, [&](int t, int) {
+        for (int n = split.begin(t); n < split.end(t); ++n) {
+            const float* row = w + static_cast<size_t>(n) * H;
+            float amax = 0.0f;
+            for (int k = 0; k < H; ++k) amax = std::max(amax, std::fabs(row[k]));
+            float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+            float inv = 1.0f / scale;
+            int8_t* q = head.owned_i8.data() + static_cast<size_t>(n) * H;
+            for (int k = 0; k < H; ++k) q[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::rint(row[k] * inv))));
+            head.owned_scale[n] = scale;
+        }
+    });
+    head.i8 = head.owned_i8.data();
+    head.row_scale = head.owned_scale.data();
+}
+
+}  // namespace
+
+RowSplit::RowSplit(int n, int threads) : N(n) {
+    // About four tasks per thread balance uneven progress without making tasks tiny.
+    int want = std::max(1, threads * 4);
+    int c = (n + want - 1) / want;
+    chunk = std::max(kTernaryNAlign, (c + kTernaryNAlign - 1) / kTernaryNAlign * kTernaryNAlign);
+    tasks = (n + chunk - 1) / chunk;
+}
+
+Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::vector<NamedTensor>& tensors,
+             ThreadPool& pool)
+    : cfg(config) {
+    check_config(cfg);
+    TensorMap m;
+    for (const auto& t : tensors) {
+        if (!m.emplace(t.name, &t.view).second) throw BadTensor(t.name, "given twice");
+    }
+    const int V = cfg.vocab_size, H = cfg.hidden_size, I = cfg.intermediate_size;
+    const int QD = cfg.num_heads * cfg.head_dim, KD = cfg.num_kv_heads * cfg.head_dim;
+
+    const TensorView& emb = *find(m, "embed_tokens", true);
+    expect("embed_tokens", emb, 0, {V, H});
+    embed = static_cast<const float*>(emb.data);
+    final_norm = copy_f32(m, "norm", H);
+
+    std::vector<PackJob> jobs;
+    layers.resize(cfg.num_layers);
+    for (int i = 0; i < cfg.num_layers; ++i) {
+        std::string p = "layers." + std::to_string(i) + ".";
+        LayerWeights& L = layers[i];
+        L.input_norm = copy_f32(m, p + "input_layernorm", H);
+        L.post_attn_norm = copy_f32(m, p + "post_attention_layernorm", H);
+        L.attn_sub_norm = copy_f32(m, p + "attn_sub_norm", H);
+        L.ffn_sub_norm = copy_f32(m, p + "ffn_sub_norm", I);
+        struct { const char* name; TernaryMatrix* dst; int N, K; } mats[] = {
+            {"q_proj", &L.q, QD, H}, {"k_proj", &L.k, KD, H}, {"v_proj", &L.v, KD, H}, {"o_proj", &L.o, H, QD},
+            {"gate_proj", &L.gate, I, H}, {"up_proj", &L.up, I, H}, {"down_proj", &L.down, H, I},
+        };
+        for (auto& mat : mats) {
+            std::string name = p + mat.name;
+            const TensorView& t = *find(m, name, true);
+            mat.dst->N = mat.N;
+            mat.dst->K = mat.K;
+            if (!std::isfinite(t.scale) || !(t.scale > 0.0f))
+                throw BadTensor(name, "scale must be a positive finite number, got " + std::to_string(t.scale));
+            mat.dst->scale = t.scale;
+            if (t.dtype == 1) {
+                expect(name, t, 1, {mat.N, mat.K});
+                jobs.push_back({name, &t, mat.dst});
+            } else if (t.dtype == 2) {
+                int64_t bytes = 1;
+                for (int64_t d : t.shape) bytes *= d;
+                if (t.data == nullptr || bytes != static_cast<int64_t>(ternary_packed_bytes(mat.N, mat.K)))
+                    throw BadTensor(name, "packed ternary of shape " + shape_str(t.shape) + " is not the " +
+                                              std::to_string(ternary_packed_bytes(mat.N, mat.K)) + " bytes that (" +
+                                              std::to_string(mat.N) + ", " + std::to_string(mat.K) + ") packs to");
+                mat.dst->data = static_cast<const uint8_t*>(t.data);
+            } else {
+                throw BadTensor(name, std::string("expected int8 ternary codes or uint8 packed ternary, got ") +
+                                          dtype_name(t.dtype));
+            }
+        }
+    }
+
+    // The head, validated before any heavy work.
+    const TensorView* head_f32 = find(m, "lm_head", false);
+    if (head_f32) {
+        expect("lm_head", *head_f32, 0, {V, H});
+    } else {
+        head_f32 = &emb;  // tied
+    }
+    const TensorView* head_i8 = find(m, "lm_head_i8", false);
+    const TensorView* head_i8_scales = find(m, "lm_head_i8.scales", false);
+    if ((head_i8 == nullptr) != (head_i8_scales == nullptr))
+        throw BadTensor(head_i8 ? "lm_head_i8.scales" : "lm_head_i8", "missing (lm_head_i8 and its scales come together)");
+    if (head_i8) {
+        expect("lm_head_i8", *head_i8, 3, {V, H});
+        expect("lm_head_i8.scales", *head_i8_scales, 0, {V});
+    }
+    head.precision = precision;
+    if (precision == LmHeadPrecision::F32) {
+        head.f32 = static_cast<const float*>(head_f32->data);
+    } else if (head_i8) {
+        head.i8 = static_cast<const int8_t*>(head_i8->data);
+        head.row_scale = static_cast<const float*>(head_i8_scales->data);
+    } else {
+        quantize_head_i8(static_cast<const float*>(head_f32->data), V, H, pool, head);
+    }
+
+    // Pack int8 codes, one matrix per task. Exceptions must not leave a worker thread.
+    std::vector<std::string> errors(jobs.size());
+    pool.parallel_for(static_cast<int>(jobs.size()), [&](int j, int) {
+        PackJob& job = jobs[j];
+        TernaryMatrix& dst = *job.dst;
+        try {
+            dst.owned.resize(ternary_packed_bytes(dst.N, dst.K));
+            ternary_pack(static_cast<const int8_t*>(job.view->data), dst.N, dst.K, dst.owned.data());
+            dst.data = dst.owned.data();
+        } catch (const std::exception& e) {
+            errors[j] = e.what();
+        }
+    });
+    for (size_t j = 0; j < jobs.size(); ++j)
+        if (!errors[j].empty()) throw BadTensor(jobs[j].name, errors[j]);
+
+    // transformers: inv_freq = 1 / theta ** (arange(0, d, 2).float() / d), all in fp32.
+    inv_freq.resize(cfg.head_dim / 2);
+    for (int i = 0; i < cfg.head_dim / 2; ++i) {
+        float e = static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim);
+        float p = static_cast<float>(std::pow(static_cast<double>(cfg.rope_theta), static_cast<double>(e)));
+        inv_freq[i] = 1.0f / p;
+    }
+}
+
+void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, float* out) {
+    for (int m = 0; m < M; ++m) {
+        const float* xr = x + static_cast<size_t>(m) * n;
+        float* o = out + static_cast<size_t>(m) * n;
+        double ss = 0.0;
+        for (int i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+        float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+        for (int i = 0; i < n; ++i) o[i] = w[i] * (xr[i] * r);
+    }
+}
+
+void quantize_rows(const Compute& c, const float* x, int M, int K, int8_t* xq, float* a, int32_t* xsum) {
+    const int Kp = ternary_padded_k(K);
+    auto one = [&](int m, int) {
+        c.k->quantize_row_i8(x + static_cast<size_t>(m) * K, K, Kp, xq + static_cast<size_t>(m) * Kp, a + m, xsum + m);
+    };
+    if (M >= 8) {
+        c.pool->parallel_for(M, one);
+    } else {
+        for (int m = 0; m < M; ++m) one(m, 0);
+    }
+}
+
+void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
+               const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32) {
+    for (int i = 0; i < n_mats; ++i) {
+        const TernaryMatrix& W = *mats[i];
+        const int Kp = ternary_padded_k(W.K);
+        float* Y = outs[i];
+        RowSplit split(W.N, c.pool->size());
+        c.pool->parallel_for(split.tasks, [&](int t, int) {
+            const int n0 = split.begin(t), n1 = split.end(t);
+            c.k->ternary_gemm(W.data, W.N, W.K, xq, Kp, M, y32, W.N, n0, n1);
+            for (int m = 0; m < M; ++m) {
+                const float mul = W.scale / a[m];
+                const int32_t s = xsum[m];
+                const int32_t* yi = y32 + static_cast<size_t>(m) * W.N;
+                float* yo = Y + static_cast<size_t>(m) * W.N;
+                for (int n = n0; n < n1; ++n) yo[n] = static_cast<float>(yi[n] - s) * mul;
+            }
+        });
+    }
+}
+
+void rope_row(float* v, int n_heads, int head_dim, const float* inv_freq, int pos) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; ++i) {
+        // transformers forms freq = inv_freq * pos in fp32, then cos/sin of that fp32 value.
+        const float f = inv_freq[i] * static_cast<float>(pos);
+        const float cs = static_cast<float>(std::cos(static_cast<double>(f)));
+        const float sn = static_cast<float>(std::sin(static_cast<double>(f)));
+        for (int h = 0; h < n_heads; ++h) {
+            float* x = v + static_cast<size_t>(h) * head_dim;
+            const float x1 = x[i], x2 = x[i + half];
+            x[i] = x1 * cs - x2 * sn;
+            x[i + half] = x2 * cs + x1 * sn;
+        }
+    }
+}
+
+void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float* out, int8_t* xq, float* a,
+                  int32_t* y32) {
+    const int V = m.cfg.vocab_size, H = m.cfg.hidden_size;
+    RowSplit split(V, c.pool->size());
+    if (m.head.precision == LmHeadPrecision::F32) {
+        c.pool->parallel_for(split.tasks, [&](int t, int) {
+            c.k->f32_gemm(m.head.f32, V, H, x, H, M, out, V, split.begin(t), split.end(t));
+        });
+        return;
+    }
+    const int Hp = ternary_padded_k(H);
+    int32_t unused_sum;
+    for (int r = 0; r < M; ++r)
+        c.k->quantize_row_i8(x + static_cast<size_t>(r) * H, H, Hp, xq + static_cast<size_t>(r) * Hp, a + r, &unused_sum);
+    c.pool->parallel_for(split.tasks, [&](int t, int) {
+        const int n0 = split.begin(t), n1 = split.end(t);
+        c.k->i8_gemm(m.head.i8, V, H, xq, Hp, M, y32, V, n0, n1);
+        for (int r = 0; r < M; ++r) {
+            const float inv_a = 1.0f / a[r];
+            const int32_t* yi = y32 + static_cast<size_t>(r) * V;
+            float* yo = out + static_cast<size_t>(r) * V;
+            for (int n = n0; n < n1; ++n) yo[n] = static_cast<float>(yi[n]) * m.head.row_scale[n] * inv_a;
+        }
+    });
+}
+
+}  // namespace wfrt

@@ -1,0 +1,96 @@
+// BitNet b1.58 weights (one shared copy) and the layer math that runs on them.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+#include "kernels/ternary.h"
+#include "thread_pool.h"
+
+namespace wfrt {
+
+// A tensor handed to the engine does not fit the model: names the tensor and the problem.
+struct BadTensor : std::invalid_argument {
+    BadTensor(std::string tensor_name, std::string what_wrong)
+        : std::invalid_argument("tensor '" + tensor_name + "': " + what_wrong),
+          tensor(std::move(tensor_name)), problem(std::move(what_wrong)) {}
+    std::string tensor, problem;
+};
+
+// Ternary (N x K) weight in the kernels' packed layout, owned (packed at load from int8 codes)
+// or borrowed (already packed by the caller, who keeps it alive).
+struct TernaryMatrix {
+    int N = 0, K = 0;
+    float scale = 1.0f;
+    const uint8_t* data = nullptr;
+    std::vector<uint8_t> owned;
+};
+
+struct LayerWeights {
+    std::vector<float> input_norm, post_attn_norm, attn_sub_norm, ffn_sub_norm;
+    TernaryMatrix q, k, v, o, gate, up, down;
+};
+
+// The LM head, (V x H). F32: rows of floats. I8: int8 rows and one float scale per row
+// (w ~ q * row_scale), quantized at load from the float head or taken from `lm_head_i8`.
+struct LmHead {
+    LmHeadPrecision precision = LmHeadPrecision::F32;
+    const float* f32 = nullptr;
+    const int8_t* i8 = nullptr;
+    const float* row_scale = nullptr;
+    std::vector<int8_t> owned_i8;
+    std::vector<float> owned_scale;
+};
+
+struct Model {
+    // Borrowed tensors (zero-copy, the caller keeps them alive): f32 embed_tokens and lm_head,
+    // pre-packed ternary weights (dtype 2), lm_head_i8 and lm_head_i8.scales. Everything else
+    // is copied. Throws BadTensor for a missing, misshaped or mistyped tensor, and
+    // std::invalid_argument for an inconsistent config.
+    // Packing and head quantization run on `pool`.
+    Model(const ModelConfig& cfg, LmHeadPrecision head, const std::vector<NamedTensor>& tensors, ThreadPool& pool);
+
+    ModelConfig cfg;
+    const float* embed = nullptr;   // (V, H)
+    std::vector<float> final_norm;  // (H)
+    std::vector<LayerWeights> layers;
+    LmHead head;
+    std::vector<float> inv_freq;    // RoPE, head_dim/2, computed in fp32 like transformers
+};
+
+// What the math helpers run on: the kernel table and the worker threads.
+struct Compute {
+    const KernelTable* k;
+    ThreadPool* pool;
+};
+
+// Row-wise RMSNorm in fp32: out = x * rsqrt(mean(x^2) + eps) * w.  x, out: M rows of n (ld n).
+void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, float* out);
+
+// Per-row int8 activations for the ternary GEMM: xq (M x ternary_padded_k(K)), scale a, sum x_q.
+void quantize_rows(const Compute& c, const float* x, int M, int K, int8_t* xq, float* a, int32_t* xsum);
+
+// y = (sum u*x_q - sum x_q) * s / a for each matrix in `mats`, sharing one quantized input.
+// Y32 is scratch of M * max N int32. Outputs: outs[i] is M x mats[i]->N floats (ld N).
+void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
+               const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32);
+
+// NeoX (rotate-half) RoPE in place on `n_heads` heads of one row at position `pos`.
+void rope_row(float* v, int n_heads, int head_dim, const float* inv_freq, int pos);
+
+// Logits for M rows of final hidden states x (M x H): out (M x V). For the int8 head, xq/a/y32
+// are scratch of M x ternary_padded_k(H) int8, M floats and M x V int32.
+void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float* out,
+                  int8_t* xq, float* a, int32_t* y32);
+
+// Output rows [0, N) split into tasks for the pool, cut at kTernaryNAlign multiples.
+struct RowSplit {
+    int N, chunk, tasks;
+    RowSplit(int n, int threads);
+    int begin(int t) const { return t * chunk; }
+    int end(int t) const { return (t + 1) * chunk < N ? (t + 1) * chunk : N; }
+};
+
+}  // namespace wfrt

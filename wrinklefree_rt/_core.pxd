@@ -1,0 +1,74 @@
+# C++ declarations of the engine (cpp/engine.h). Everything that can throw is `except +`.
+from libc.stdint cimport int8_t, int32_t, int64_t
+from libcpp cimport bool
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+
+cdef extern from "_core_errors.h":
+    # Turns the C++ exception being handled into the matching Python exception.
+    void raise_py_error()
+    void set_error_types(object kv_full, object no_slot, object cancelled, object model_format)
+
+
+cdef extern from "engine.h" namespace "wfrt" nogil:
+    cdef cppclass ModelConfig:
+        int vocab_size, hidden_size, intermediate_size, num_layers
+        int num_heads, num_kv_heads, head_dim, max_positions
+        float rms_norm_eps, rope_theta
+
+    cdef enum class LmHeadPrecision(int):
+        F32
+        I8
+
+    cdef cppclass EngineOptions:
+        int num_threads, max_slots, kv_pages, page_size
+        LmHeadPrecision lm_head
+        string isa
+
+    cdef cppclass TensorView:
+        const void* data
+        int dtype
+        vector[int64_t] shape
+        float scale
+
+    cdef cppclass NamedTensor:
+        string name
+        TensorView view
+
+    cdef cppclass StepInput:
+        int n_rows
+        const int32_t* slot
+        const int32_t* position
+        const int32_t* token
+        int n_out
+        const int32_t* out_row
+        const int8_t* out_mode
+        const int32_t* exclude
+        const float* temperature
+        const int32_t* top_k
+        const float* top_p
+        const float* uniform
+
+    cdef cppclass StepOutput:
+        int32_t* token
+        float* prob
+        float* logits
+
+    cdef cppclass CppEngine "wfrt::BitNetBatchEngine":
+        CppEngine(const ModelConfig& cfg, const EngineOptions& opt,
+                          const vector[NamedTensor]& tensors) except +raise_py_error
+        int alloc_sequence(int attn_block) except +raise_py_error
+        void reserve(int slot, int n_positions) except +raise_py_error
+        void free_sequence(int slot) except +raise_py_error
+        bool can_reserve(int slot, int n_positions) except +raise_py_error
+        void step(const StepInput& inp, StepOutput& out) except +raise_py_error
+        void cancel()
+        const ModelConfig& config()
+        int pages_total()
+        int pages_free()
+        int page_size()
+        int slots_free()
+        int num_threads()
+        const char* isa()
+

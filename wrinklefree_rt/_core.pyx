@@ -1,0 +1,275 @@
+# distutils: language = c++
+# cython: language_level=3
+"""BitNetBatchEngine: the C++ core (cpp/engine.h) as a Python class.
+
+Arguments are converted to contiguous numpy arrays (no copy when they already are), the GIL is
+released for every call into the engine, and C++ errors become the exceptions of
+wrinklefree_rt.errors (ValueError for bad input). See docs/architecture.md for the contract.
+"""
+from cython.operator cimport dereference as deref
+from libc.stdint cimport int8_t, int32_t, int64_t
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+import numpy as np
+
+from .errors import KVCacheFullError, ModelFormatError, NoFreeSlotError, StepCancelledError
+
+set_error_types(KVCacheFullError, NoFreeSlotError, StepCancelledError, ModelFormatError)
+
+# TensorView.dtype codes (cpp/engine.h).
+cdef enum:
+    _F32 = 0
+    _TERNARY_CODES = 1
+    _TERNARY_PACKED = 2
+    _I8 = 3
+
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+
+
+cdef ModelConfig _model_config(config) except *:
+    cdef ModelConfig c
+    try:
+        c.vocab_size = config.vocab_size
+        c.hidden_size = config.hidden_size
+        c.intermediate_size = config.intermediate_size
+        c.num_layers = config.num_hidden_layers
+        c.num_heads = config.num_attention_heads
+        c.num_kv_heads = config.num_key_value_heads
+        c.head_dim = config.head_dim
+        c.max_positions = config.max_position_embeddings
+        c.rms_norm_eps = config.rms_norm_eps
+        c.rope_theta = config.rope_theta
+    except AttributeError as e:
+        raise TypeError(f"config lacks a model field: {e}") from None
+    return c
+
+
+cdef _tensor_view(name, value, TensorView* view, list keep):
+    """Fill `view` from a numpy array or a TernaryWeight; arrays it points at go into `keep`."""
+    if hasattr(value, "scale") and hasattr(value, "data") and not isinstance(value, np.ndarray):
+        arr = np.asarray(value.data)
+        view.scale = value.scale
+        if arr.dtype == np.uint8:
+            view.dtype = _TERNARY_PACKED
+        elif arr.dtype == np.int8:
+            view.dtype = _TERNARY_CODES
+        else:
+            raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
+                                   f"ternary data of dtype {arr.dtype} (expected int8 codes or uint8 packed)")
+    elif isinstance(value, np.ndarray):
+        arr = value
+        if arr.dtype == np.int8:
+            view.dtype = _I8
+        elif arr.dtype.kind == "f":
+            view.dtype = _F32
+            arr = arr.astype(np.float32, copy=False)
+        else:
+            raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
+                                   f"dtype {arr.dtype} (expected float32, or int8 for lm_head_i8)")
+    else:
+        raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
+                               f"{type(value).__name__} is neither a numpy array nor a TernaryWeight")
+    arr = np.ascontiguousarray(arr)
+    keep.append(arr)
+    view.data = <const void*><size_t>arr.ctypes.data
+    view.shape.clear()
+    for d in arr.shape:
+        view.shape.push_back(d)
+
+
+def _int32_array(what, values, n):
+    a = np.asarray(values)
+    if a.ndim == 0 and n is not None:
+        a = np.broadcast_to(a, (n,))
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+        raise ValueError(f"{what} must be integers, got dtype {a.dtype}")
+    if a.ndim != 1 or (n is not None and a.shape[0] != n):
+        raise ValueError(f"{what} must be a 1-D array of length {n}, got shape {a.shape}")
+    if a.size and (int(a.min()) < _INT32_MIN or int(a.max()) > _INT32_MAX):
+        raise ValueError(f"{what} holds values outside int32")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _float32_array(what, values, n):
+    a = np.asarray(values, dtype=np.float32)
+    if a.ndim == 0:
+        a = np.broadcast_to(a, (n,))
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{what} must be a 1-D array of length {n}, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+cdef class BitNetBatchEngine:
+    """One copy of a BitNet b1.58 model serving many sequences, one batched forward per step.
+
+    config: a ModelConfig (attributes vocab_size, hidden_size, ...); tensors: canonical name ->
+    numpy array or TernaryWeight (docs/architecture.md). float32 embed_tokens / lm_head and
+    pre-packed ternary weights are used in place, not copied.
+    """
+    cdef CppEngine* _eng
+    cdef list _keep
+    cdef readonly object config
+    cdef readonly int vocab_size
+
+    def __cinit__(self):
+        self._eng = NULL
+
+    def __init__(self, config, tensors, int num_threads=0, int max_slots=64, int kv_pages=0,
+                 int page_size=32, lm_head="int8", isa=""):
+        if self._eng != NULL:
+            raise RuntimeError("BitNetBatchEngine is already initialised")
+        cdef ModelConfig cfg = _model_config(config)
+        cdef EngineOptions opt
+        opt.num_threads = num_threads
+        opt.max_slots = max_slots
+        opt.kv_pages = kv_pages
+        opt.page_size = page_size
+        if lm_head == "int8":
+            opt.lm_head = LmHeadPrecision.I8
+        elif lm_head == "fp32":
+            opt.lm_head = LmHeadPrecision.F32
+        else:
+            raise ValueError(f"lm_head must be 'int8' or 'fp32', got {lm_head!r}")
+        opt.isa = str(isa).encode()
+        cdef vector[NamedTensor] named
+        cdef NamedTensor nt
+        keep = []
+        for name, value in tensors.items():
+            nt.name = str(name).encode()
+            _tensor_view(name, value, &nt.view, keep)
+            named.push_back(nt)
+        with nogil:
+            self._eng = new CppEngine(cfg, opt, named)
+        self._keep = keep
+        self.config = config
+        self.vocab_size = cfg.vocab_size
+
+    def __dealloc__(self):
+        del self._eng
+
+    cdef CppEngine* _live(self) except NULL:
+        if self._eng == NULL:
+            raise RuntimeError("BitNetBatchEngine is not initialised")
+        return self._eng
+
+    def alloc_sequence(self, int attn_block=1):
+        """A free slot for a new sequence with attention block B (1 = causal). NoFreeSlotError when full."""
+        cdef CppEngine* e = self._live()
+        cdef int slot
+        with nogil:
+            slot = e.alloc_sequence(attn_block)
+        return slot
+
+    def reserve(self, int slot, int n_positions):
+        """Pages for positions [0, n_positions) of `slot`. KVCacheFullError when the pool is short."""
+        cdef CppEngine* e = self._live()
+        with nogil:
+            e.reserve(slot, n_positions)
+
+    def can_reserve(self, int slot, int n_positions):
+        cdef CppEngine* e = self._live()
+        cdef bint ok
+        with nogil:
+            ok = e.can_reserve(slot, n_positions)
+        return ok
+
+    def free_sequence(self, int slot):
+        """Returns the slot's pages; the slot forgets everything it held."""
+        cdef CppEngine* e = self._live()
+        with nogil:
+            e.free_sequence(slot)
+
+    def step(self, slots, positions, token_ids, out_rows, out_mode=None, exclude=None,
+             temperature=None, top_k=None, top_p=None, uniform=None):
+        """Run one batched forward over rows (slot, position, token).
+
+        Returns (tokens int32 (n_out,), probs float32 (n_out,), logits float32 (n_logits, V) or
+        None), one entry per output row; see docs/architecture.md for the modes.
+        """
+        cdef CppEngine* e = self._live()
+        s = _int32_array("slots", slots, None)
+        cdef int n = s.shape[0]
+        p = _int32_array("positions", positions, n)
+        t = _int32_array("token_ids", token_ids, n)
+        r = _int32_array("out_rows", out_rows, None)
+        cdef int n_out = r.shape[0]
+        if out_mode is None:
+            m = np.zeros(n_out, dtype=np.int8)
+        else:
+            m32 = _int32_array("out_mode", out_mode, n_out)
+            if n_out and (m32.min() < 0 or m32.max() > 2):
+                raise ValueError("out_mode values must be 0 (argmax), 1 (sample) or 2 (logits)")
+            m = m32.astype(np.int8)
+        x = _int32_array("exclude", -1 if exclude is None else exclude, n_out)
+        temp = _float32_array("temperature", 1.0 if temperature is None else temperature, n_out)
+        k = _int32_array("top_k", 0 if top_k is None else top_k, n_out)
+        tp = _float32_array("top_p", 1.0 if top_p is None else top_p, n_out)
+        u = _float32_array("uniform", 0.0 if uniform is None else uniform, n_out)
+        n_logits = int(np.count_nonzero(m == 2))
+        tokens = np.empty(n_out, dtype=np.int32)
+        probs = np.empty(n_out, dtype=np.float32)
+        logits = np.empty((n_logits, self.vocab_size), dtype=np.float32) if n_logits else None
+
+        cdef const int32_t[::1] sv = s, pv = p, tv = t, rv = r, xv = x, kv = k
+        cdef const int8_t[::1] mv = m
+        cdef const float[::1] tempv = temp, tpv = tp, uv = u
+        cdef int32_t[::1] tokv = tokens
+        cdef float[::1] probv = probs
+        cdef float[:, ::1] logv
+        cdef StepInput inp
+        cdef StepOutput out
+        inp.n_rows = n
+        inp.n_out = n_out
+        if n:
+            inp.slot = &sv[0]
+            inp.position = &pv[0]
+            inp.token = &tv[0]
+        if n_out:
+            inp.out_row = &rv[0]
+            inp.out_mode = &mv[0]
+            inp.exclude = &xv[0]
+            inp.temperature = &tempv[0]
+            inp.top_k = &kv[0]
+            inp.top_p = &tpv[0]
+            inp.uniform = &uv[0]
+            out.token = &tokv[0]
+            out.prob = &probv[0]
+        if n_logits:
+            logv = logits
+            out.logits = &logv[0, 0]
+        with nogil:
+            e.step(inp, out)
+        return tokens, probs, logits
+
+    def cancel(self):
+        """Makes the running step raise StepCancelledError at its next layer boundary."""
+        self._live().cancel()
+
+    @property
+    def pages_total(self):
+        return self._live().pages_total()
+
+    @property
+    def pages_free(self):
+        return self._live().pages_free()
+
+    @property
+    def page_size(self):
+        return self._live().page_size()
+
+    @property
+    def slots_free(self):
+        return self._live().slots_free()
+
+    @property
+    def num_threads(self):
+        return self._live().num_threads()
+
+    @property
+    def isa(self):
+        return self._live().isa().decode()
+
+
+include "_kernels.pxi"
