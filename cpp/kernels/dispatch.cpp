@@ -14,9 +14,24 @@ struct Candidate {
     bool (*runs_here)();
 };
 
+#if WFRT_X86_KERNELS
+bool has_avx2() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+#endif
+
 // Generic first, best last. __builtin_cpu_supports also checks that the OS saves the wider registers.
 const Candidate kCandidates[] = {
     {&kGenericKernels, [] { return true; }},
+#if WFRT_X86_KERNELS
+    {&kAvx2Kernels, has_avx2},
+    {&kAvxVnniKernels, [] { return has_avx2() && __builtin_cpu_supports("avxvnni"); }},
+    {&kAvx512VnniKernels,
+     [] {
+         return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+     }},
+#endif
 };
 
 const KernelTable& choose() {

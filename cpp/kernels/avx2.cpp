@@ -1,0 +1,173 @@
+// AVX2 (+FMA) kernels. Standard headers come before the target pragma, and everything compiled
+// for AVX2 is private to this file, so no shared inline function ends up AVX2-only.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "isa_tables.h"
+#if WFRT_X86_KERNELS
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+namespace wfrt {
+namespace {
+
+#include "ternary_tiles.h"
+
+#include "row_tiles.h"
+#include "ymm.h"
+
+// maddubs: u8 codes x s8 activations -> int16 pair sums, accumulated in int16 for one K block.
+struct Avx2Dot : Ymm {
+    static constexpr bool kWidens = true;
+    static V dot(V acc, V w, V x) { return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x)); }
+    static V widen(V acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
+};
+
+void ternary_gemm_avx2(const uint8_t* W, int N, int K, const int8_t* X,
+                                                                  int ldx, int M, int32_t* Y, int ldy, int n0, int n1) {
+    ternary_gemm_tiled<Avx2Dot, 1, 4, 2>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+
+// Signed x signed int8: |w| (u8, exact even for -128) times x with w's sign (exact for x > -128);
+// maddubs pair sums reach 2 * 128 * 127 and are widened at once.
+template <int RW, int MA>
+inline void i8_micro(const int8_t* W, int K, const int8_t* X, int ldx,
+                                                                int32_t out[MA][RW]) {
+    __m256i acc[RW][MA];
+    for (int r = 0; r < RW; ++r)
+        for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i x[MA];
+        for (int m = 0; m < MA; ++m) x[m] = _mm256_loadu_si256((const __m256i*)(X + (size_t)m * ldx + k));
+        for (int r = 0; r < RW; ++r) {
+            const __m256i w = _mm256_loadu_si256((const __m256i*)(W + (size_t)r * K + k));
+            const __m256i aw = _mm256_abs_epi8(w);
+            for (int m = 0; m < MA; ++m)
+                acc[r][m] = _mm256_add_epi32(
+                    acc[r][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x[m], w)), ones));
+        }
+    }
+    for (int r = 0; r < RW; ++r)
+        for (int m = 0; m < MA; ++m) {
+            int32_t s = hsum_epi32(acc[r][m]);
+            for (int kk = k; kk < K; ++kk) s += W[(size_t)r * K + kk] * X[(size_t)m * ldx + kk];
+            out[m][r] = s;
+        }
+}
+
+template <int RW, int MA>
+struct I8Kernel {
+    static void call(const int8_t* W, int K, const int8_t* X, int ldx, int32_t out[][RW]) {
+        i8_micro<RW, MA>(W, K, X, ldx, (int32_t(*)[RW])out);
+    }
+};
+
+void i8_gemm_avx2(const int8_t* W, int N, int K, const int8_t* X, int ldx,
+                                                             int M, int32_t* Y, int ldy, int n0, int n1) {
+    (void)N;
+    rows_by_tiles<4, 2>(n0, n1, M, (size_t)K, RowMicro<int8_t, int32_t, I8Kernel>{W, K, X, ldx, Y, ldy});
+}
+
+template <int RW, int MA>
+inline void f32_micro(const float* W, int K, const float* X, int ldx,
+                                                                 float out[MA][RW]) {
+    __m256 acc[RW][MA];
+    for (int r = 0; r < RW; ++r)
+        for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 x[MA];
+        for (int m = 0; m < MA; ++m) x[m] = _mm256_loadu_ps(X + (size_t)m * ldx + k);
+        for (int r = 0; r < RW; ++r) {
+            const __m256 w = _mm256_loadu_ps(W + (size_t)r * K + k);
+            for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_fmadd_ps(w, x[m], acc[r][m]);
+        }
+    }
+    for (int r = 0; r < RW; ++r)
+        for (int m = 0; m < MA; ++m) {
+            float s = hsum_ps(acc[r][m]);
+            for (int kk = k; kk < K; ++kk) s += W[(size_t)r * K + kk] * X[(size_t)m * ldx + kk];
+            out[m][r] = s;
+        }
+}
+
+template <int RW, int MA>
+struct F32Kernel {
+    static void call(const float* W, int K, const float* X, int ldx, float out[][RW]) {
+        f32_micro<RW, MA>(W, K, X, ldx, (float(*)[RW])out);
+    }
+};
+
+void f32_gemm_avx2(const float* W, int N, int K, const float* X, int ldx,
+                                                              int M, float* Y, int ldy, int n0, int n1) {
+    (void)N;
+    rows_by_tiles<4, 2>(n0, n1, M, (size_t)K * 4, RowMicro<float, float, F32Kernel>{W, K, X, ldx, Y, ldy});
+}
+
+// Same arithmetic as the generic one (x * a in fp32, round half to even, clamp), 8 at a time.
+void quantize_row_i8_avx2(const float* x, int K, int K_padded, int8_t* xq,
+                                                                     float* scale, int32_t* sum) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + k), abs_mask));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float amax = _mm_cvtss_f32(m4);
+    for (int kk = k; kk < K; ++kk) amax = amax > std::fabs(x[kk]) ? amax : std::fabs(x[kk]);
+    const float a = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+    const __m256 va = _mm256_set1_ps(a), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    __m256i vsum = _mm256_setzero_si256();
+    k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; ++j) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), va);
+            q[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+            vsum = _mm256_add_epi32(vsum, q[j]);
+        }
+        // packs interleave 128-bit lanes; the permute restores k order.
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i*)(xq + k), p);
+    }
+    int32_t s = hsum_epi32(vsum);
+    for (; k < K; ++k) {
+        float v = std::rint(x[k] * a);
+        v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+        xq[k] = (int8_t)v;
+        s += (int8_t)v;
+    }
+    std::memset(xq + K, 0, (size_t)(K_padded - K));
+    *scale = a;
+    *sum = s;
+}
+
+}  // namespace
+
+namespace avx2 {
+void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
+    quantize_row_i8_avx2(x, K, K_padded, xq, scale, sum);
+}
+void i8_gemm(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0, int n1) {
+    i8_gemm_avx2(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, float* Y, int ldy, int n0, int n1) {
+    f32_gemm_avx2(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+}  // namespace avx2
+
+const KernelTable kAvx2Kernels = {
+    "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
+};
+
+}  // namespace wfrt
+#pragma GCC pop_options
+#endif  // WFRT_X86_KERNELS

@@ -1,0 +1,125 @@
+// AVX-512 VNNI kernels: one 512-bit vector holds a whole 16-row tile's int32 lanes, and vpdpbusd
+// takes the broadcast activation bytes straight from memory. Quantization is the AVX2 one.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "isa_tables.h"
+#if WFRT_X86_KERNELS
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+// GCC 12's own reductions (_mm512_reduce_add_*) start from _mm256_undefined_*() and warn.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+namespace wfrt {
+namespace {
+
+#include "row_tiles.h"
+#include "ternary_tiles.h"
+
+struct Zmm {
+    using V = __m512i;
+    static constexpr int kVecsPerTile = 1;
+    static constexpr int kLanes = 16;
+    static constexpr bool kWidens = false;
+    static V load(const uint8_t* chunk, int) { return _mm512_loadu_si512(chunk); }
+    static V codes(V raw, int s) { return _mm512_and_si512(_mm512_srli_epi16(raw, 2 * s), _mm512_set1_epi8(3)); }
+    static V bcast(const int8_t* x) {
+        int32_t v;
+        std::memcpy(&v, x, 4);
+        return _mm512_set1_epi32(v);
+    }
+    static V zero() { return _mm512_setzero_si512(); }
+    static V dot(V acc, V w, V x) { return _mm512_dpbusd_epi32(acc, w, x); }
+    static V widen(V acc) { return acc; }
+    static V add32(V a, V b) { return _mm512_add_epi32(a, b); }
+    static void store(int32_t* y, V v) { _mm512_storeu_si512(y, v); }
+};
+
+void ternary_gemm_avx512vnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
+                             int n0, int n1) {
+    ternary_gemm_tiled<Zmm, 2, 8, 4>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+
+// Signed x signed int8 with the unsigned operand x + 128 (x ^ 0x80): sum w * x is
+// sum w * (x + 128) - 128 * sum w, both exact in int32 dpbusd. The K tail uses masked loads,
+// whose zeros add nothing to either sum.
+template <int RW, int MA>
+inline void i8_micro(const int8_t* W, int K, const int8_t* X, int ldx, int32_t out[][RW]) {
+    __m512i acc[RW][MA], corr[RW];
+    for (int r = 0; r < RW; ++r) {
+        corr[r] = _mm512_setzero_si512();
+        for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_setzero_si512();
+    }
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int k = 0; k < K; k += 64) {
+        const __mmask64 live = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+        __m512i xu[MA];
+        for (int m = 0; m < MA; ++m)
+            xu[m] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(live, X + (size_t)m * ldx + k), bias);
+        for (int r = 0; r < RW; ++r) {
+            const __m512i w = _mm512_maskz_loadu_epi8(live, W + (size_t)r * K + k);
+            corr[r] = _mm512_dpbusd_epi32(corr[r], bias, w);
+            for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], xu[m], w);
+        }
+    }
+    for (int r = 0; r < RW; ++r) {
+        const int32_t c = _mm512_reduce_add_epi32(corr[r]);
+        for (int m = 0; m < MA; ++m) out[m][r] = _mm512_reduce_add_epi32(acc[r][m]) - c;
+    }
+}
+
+template <int RW, int MA>
+struct I8Kernel {
+    static void call(const int8_t* W, int K, const int8_t* X, int ldx, int32_t out[][RW]) {
+        i8_micro<RW, MA>(W, K, X, ldx, out);
+    }
+};
+
+void i8_gemm_avx512vnni(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0,
+                        int n1) {
+    (void)N;
+    rows_by_tiles<4, 4>(n0, n1, M, (size_t)K, RowMicro<int8_t, int32_t, I8Kernel>{W, K, X, ldx, Y, ldy});
+}
+
+template <int RW, int MA>
+inline void f32_micro(const float* W, int K, const float* X, int ldx, float out[][RW]) {
+    __m512 acc[RW][MA];
+    for (int r = 0; r < RW; ++r)
+        for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 16) {
+        const __mmask16 live = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+        __m512 x[MA];
+        for (int m = 0; m < MA; ++m) x[m] = _mm512_maskz_loadu_ps(live, X + (size_t)m * ldx + k);
+        for (int r = 0; r < RW; ++r) {
+            const __m512 w = _mm512_maskz_loadu_ps(live, W + (size_t)r * K + k);
+            for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_fmadd_ps(w, x[m], acc[r][m]);
+        }
+    }
+    for (int r = 0; r < RW; ++r)
+        for (int m = 0; m < MA; ++m) out[m][r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <int RW, int MA>
+struct F32Kernel {
+    static void call(const float* W, int K, const float* X, int ldx, float out[][RW]) { f32_micro<RW, MA>(W, K, X, ldx, out); }
+};
+
+void f32_gemm_avx512vnni(const float* W, int N, int K, const float* X, int ldx, int M, float* Y, int ldy, int n0,
+                         int n1) {
+    (void)N;
+    rows_by_tiles<4, 4>(n0, n1, M, (size_t)K * 4, RowMicro<float, float, F32Kernel>{W, K, X, ldx, Y, ldy});
+}
+
+}  // namespace
+
+const KernelTable kAvx512VnniKernels = {
+    "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
+};
+
+}  // namespace wfrt
+#pragma GCC pop_options
+#endif  // WFRT_X86_KERNELS

@@ -1,0 +1,39 @@
+// AVX-VNNI: the AVX2 ternary loops with vpdpbusd (u8 x s8 -> int32 in one instruction, no int16
+// stage); the other entries are the AVX2 kernels. Not runnable on AVX2-only CPUs.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "isa_tables.h"
+#if WFRT_X86_KERNELS
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avxvnni")
+#include <immintrin.h>
+
+namespace wfrt {
+namespace {
+
+#include "ternary_tiles.h"
+#include "ymm.h"
+
+struct AvxVnniDot : Ymm {
+    static constexpr bool kWidens = false;
+    static V dot(V acc, V w, V x) { return _mm256_dpbusd_avx_epi32(acc, w, x); }
+    static V widen(V acc) { return acc; }
+};
+
+void ternary_gemm_avxvnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
+                          int n0, int n1) {
+    ternary_gemm_tiled<AvxVnniDot, 1, 5, 2>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+
+}  // namespace
+
+const KernelTable kAvxVnniKernels = {
+    "avxvnni", avx2::quantize_row_i8, ternary_gemm_avxvnni, avx2::i8_gemm, avx2::f32_gemm,
+};
+
+}  // namespace wfrt
+#pragma GCC pop_options
+#endif  // WFRT_X86_KERNELS
