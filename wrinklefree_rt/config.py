@@ -114,6 +114,10 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     def is_offline_packed(self) -> bool:
         return self.quantization is not None and self.quantization.quantization_mode == "offline"
 
+    def validate(self, source: str = "<config>") -> None:
+        """Check the relations between fields (raises ``ModelFormatError`` naming ``source``)."""
+        _check(self, source)
+
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
 
@@ -123,7 +127,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
         try:
             cfg = msgspec.json.decode(data, type=cls)
         except msgspec.ValidationError as e:
-            raise ModelFormatError(source, None, f"config: {e}") from None
+            raise _validation_error(source, e) from None
         except msgspec.DecodeError as e:
             raise ModelFormatError(source, None, f"config is not valid JSON: {e}") from None
         _check(cfg, source)
@@ -132,6 +136,14 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 def _field_error(source: str, field: str, problem: str) -> ModelFormatError:
     return ModelFormatError(source, None, f"field `$.{field}`: {problem}")
+
+
+def _validation_error(source: str, e: msgspec.ValidationError) -> ModelFormatError:
+    """msgspec says "<problem> - at `$.path`"; lead with the path like our own checks do."""
+    problem, sep, where = str(e).rpartition(" - at `")
+    if not sep:
+        return ModelFormatError(source, None, f"config: {e}")
+    return ModelFormatError(source, None, f"field `{where.rstrip('`')}`: {problem}")
 
 
 def _require(raw: _HFConfig, name: str, source: str, lo: int, hi: int) -> int:
@@ -240,7 +252,7 @@ def parse_config(data: bytes | str | dict[str, Any], source: str = "config.json"
         else:
             raw = msgspec.json.decode(data, type=_HFConfig)
     except msgspec.ValidationError as e:
-        raise ModelFormatError(source, None, f"config: {e}") from None
+        raise _validation_error(source, e) from None
     except msgspec.DecodeError as e:
         raise ModelFormatError(source, None, f"config is not valid JSON: {e}") from None
 
@@ -295,8 +307,10 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     if dlm_path.is_file():
         try:
             extra = msgspec.json.decode(dlm_path.read_bytes(), type=_DlmConfig)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            raise ModelFormatError(str(dlm_path), None, f"config: {e}") from None
+        except msgspec.ValidationError as e:
+            raise _validation_error(str(dlm_path), e) from None
+        except msgspec.DecodeError as e:
+            raise ModelFormatError(str(dlm_path), None, f"config is not valid JSON: {e}") from None
         except OSError as e:
             raise ModelFormatError(str(dlm_path), None, f"cannot read config: {e.strerror or e}") from None
         updates = {k: getattr(extra, k) for k in ("mask_token_id", "bd_size", "shift")

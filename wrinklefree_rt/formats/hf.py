@@ -1,4 +1,4 @@
-"""HF BitNet state dict -> the canonical tensors of docs/architecture.md.
+"""HF BitNet checkpoints -> the canonical tensors of docs/architecture.md.
 
 Accepts numpy arrays (float32/float16/float64 for master weights and norms, uint8 for
 offline-packed linears). bf16 has no numpy dtype: readers hand it over already widened to
@@ -6,38 +6,36 @@ float32 (exact), see ``safetensors.py``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Union
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import ModelConfig, load_config
 from ..errors import ModelFormatError
+from .canonical import LINEAR_NAMES, Tensor, canonical_names
+from .safetensors import open_safetensors_dir
 from .ternary import HF_VALUES_PER_BYTE, TernaryWeight, absmean_quantize, unpack_hf_rows
 
-__all__ = ["tensors_from_state_dict", "LINEAR_NAMES", "Tensor"]
+__all__ = ["tensors_from_state_dict", "iter_canonical", "load_hf_dir", "hf_name"]
 
-Tensor = Union[np.ndarray, TernaryWeight]
-
-# canonical suffix -> HF module path inside model.layers.N
-LINEAR_NAMES = {
+_HF_MODULE = {
     "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
     "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
-_NORM_NAMES = {
-    "input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
-    "attn_sub_norm": "self_attn.attn_sub_norm", "ffn_sub_norm": "mlp.ffn_sub_norm",
+    "down_proj": "mlp.down_proj", "attn_sub_norm": "self_attn.attn_sub_norm",
+    "ffn_sub_norm": "mlp.ffn_sub_norm", "input_layernorm": "input_layernorm",
+    "post_attention_layernorm": "post_attention_layernorm",
 }
 _FLOAT_KINDS = (np.float32, np.float16, np.float64)
 
 
-def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(out, in) of each BitLinear of a layer."""
-    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    q_out, kv_out = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
-    return {"q_proj": (q_out, h), "k_proj": (kv_out, h), "v_proj": (kv_out, h),
-            "o_proj": (h, q_out), "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+def hf_name(canonical: str) -> str:
+    """The HF weight name of a canonical tensor (``layers.3.q_proj`` -> ``model.layers.3.self_attn.q_proj.weight``)."""
+    if canonical == "lm_head":
+        return "lm_head.weight"
+    if not canonical.startswith("layers."):
+        return f"model.{canonical}.weight"
+    _, layer, part = canonical.split(".", 2)
+    return f"model.layers.{layer}.{_HF_MODULE[part]}.weight"
 
 
 class _Source:
@@ -45,11 +43,8 @@ class _Source:
         self.sd = state_dict
         self.source = source
 
-    def file(self, name: str) -> str:
-        return self.source(name) if callable(self.source) else self.source
-
     def error(self, name: str, problem: str) -> ModelFormatError:
-        return ModelFormatError(self.file(name), name, problem)
+        return ModelFormatError(self.source(name) if callable(self.source) else self.source, name, problem)
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.sd:
@@ -67,71 +62,75 @@ class _Source:
             raise self.error(name, "contains NaN or inf")
         return out
 
+    def linear(self, name: str, shape: tuple[int, int], cfg: ModelConfig) -> TernaryWeight:
+        w = self.get(name)
+        q = cfg.quantization
+        if q is None or q.quantization_mode == "online":
+            if w.dtype.type not in _FLOAT_KINDS:
+                raise self.error(name, f"dtype {w.dtype}: an online checkpoint stores float master "
+                                       "weights (is quantization_config.quantization_mode wrong?)")
+            if tuple(w.shape) != shape:
+                raise self.error(name, f"shape {tuple(w.shape)}, expected {shape}")
+            try:
+                codes, s = absmean_quantize(w)
+            except ValueError as e:
+                raise self.error(name, str(e)) from None
+            return TernaryWeight(codes, s, shape)
+        return self._offline(name, w, shape, q.linear_class)
 
-def _linear(src: _Source, prefix: str, shape: tuple[int, int], cfg: ModelConfig) -> TernaryWeight:
-    name = prefix + ".weight"
-    w = src.get(name)
-    out_f, in_f = shape
-    q = cfg.quantization
-    offline = q is not None and q.quantization_mode == "offline"
-    if not offline:
-        if w.dtype.type not in _FLOAT_KINDS:
-            raise src.error(name, f"dtype {w.dtype}: an online checkpoint stores float master "
-                                  "weights (is quantization_config.quantization_mode wrong?)")
-        if tuple(w.shape) != shape:
-            raise src.error(name, f"shape {tuple(w.shape)}, expected {shape}")
-        codes, s = absmean_quantize(w)
+    def _offline(self, name: str, w: np.ndarray, shape: tuple[int, int], linear_class: str) -> TernaryWeight:
+        out_f, in_f = shape
+        if w.dtype != np.uint8:
+            raise self.error(name, f"dtype {w.dtype}: an offline checkpoint stores packed uint8 weights")
+        packed_shape = ((out_f + HF_VALUES_PER_BYTE - 1) // HF_VALUES_PER_BYTE, in_f)
+        if tuple(w.shape) != packed_shape:
+            raise self.error(name, f"shape {tuple(w.shape)}, expected packed {packed_shape} "
+                                   f"for a ({out_f}, {in_f}) weight")
+        try:
+            codes = unpack_hf_rows(w, out_f)
+        except ValueError as e:
+            raise self.error(name, str(e)) from None
+        scale_name = name[:-len("weight")] + "weight_scale"
+        ws = self.get(scale_name)
+        if ws.dtype.type not in _FLOAT_KINDS or ws.size != 1:
+            raise self.error(scale_name, f"dtype {ws.dtype} shape {tuple(ws.shape)}, expected one float")
+        stored = float(np.asarray(ws, dtype=np.float32).reshape(()))
+        if not np.isfinite(stored) or stored <= 0:
+            raise self.error(scale_name, f"scale {stored} must be finite and positive")
+        # autobitlinear multiplies the output by weight_scale; legacy bitlinear divides by it.
+        s = stored if linear_class == "autobitlinear" else float(np.float32(1.0) / np.float32(stored))
         if not np.isfinite(s):
-            raise src.error(name, "contains NaN or inf (the absmean scale is not finite)")
+            raise self.error(scale_name, f"reciprocal of scale {stored} is not finite")
         return TernaryWeight(codes, s, shape)
 
-    if w.dtype != np.uint8:
-        raise src.error(name, f"dtype {w.dtype}: an offline checkpoint stores packed uint8 weights")
-    packed_shape = ((out_f + HF_VALUES_PER_BYTE - 1) // HF_VALUES_PER_BYTE, in_f)
-    if tuple(w.shape) != packed_shape:
-        raise src.error(name, f"shape {tuple(w.shape)}, expected packed {packed_shape} "
-                              f"for a ({out_f}, {in_f}) weight")
-    try:
-        codes = unpack_hf_rows(w, out_f)
-    except ValueError as e:
-        raise src.error(name, str(e)) from None
-    scale_name = prefix + ".weight_scale"
-    ws = src.get(scale_name)
-    if ws.dtype.type not in _FLOAT_KINDS or ws.size != 1:
-        raise src.error(scale_name, f"dtype {ws.dtype} shape {tuple(ws.shape)}, expected one float")
-    stored = float(np.asarray(ws, dtype=np.float32).reshape(()))
-    if not np.isfinite(stored) or stored <= 0:
-        raise src.error(scale_name, f"scale {stored} must be finite and positive")
-    # autobitlinear multiplies the output by weight_scale; legacy bitlinear divides by it.
-    s = stored if q.linear_class == "autobitlinear" else float(np.float32(1.0) / np.float32(stored))
-    if not np.isfinite(s):
-        raise src.error(scale_name, f"reciprocal of scale {stored} is not finite")
-    return TernaryWeight(codes, s, shape)
+
+def iter_canonical(state_dict: Mapping[str, np.ndarray], cfg: ModelConfig,
+                   source: str | Callable[[str], str] = "<state_dict>") -> Iterator[tuple[str, Tensor]]:
+    """Yield ``(canonical name, tensor)`` one at a time (converters keep memory flat with it):
+    norms/embeddings as fp32, every BitLinear quantized (online) or unpacked (offline).
+
+    ``source`` names the file in errors: a string, or a function tensor name -> file (shards;
+    it must also answer for names no shard holds). Extra tensors (e.g. rotary buffers) are
+    ignored, as transformers does.
+    """
+    src = _Source(state_dict, source)
+    for name, shape in canonical_names(cfg).items():
+        part = name.rsplit(".", 1)[-1]
+        if part in LINEAR_NAMES:
+            yield name, src.linear(hf_name(name), shape, cfg)
+        else:
+            # Embeddings and the head are too big to scan for NaN on every load; norms are not.
+            yield name, src.float32(hf_name(name), shape, check_finite=len(shape) == 1)
 
 
 def tensors_from_state_dict(state_dict: Mapping[str, np.ndarray], cfg: ModelConfig,
                             source: str | Callable[[str], str] = "<state_dict>") -> dict[str, Tensor]:
-    """Map HF names to canonical ones, converting norms/embeddings to fp32 and quantizing
-    (online) or unpacking (offline) every BitLinear.
+    """Map a HF state dict to the canonical tensors (see ``iter_canonical``)."""
+    return dict(iter_canonical(state_dict, cfg, source))
 
-    ``source`` names the file in errors: a string, or a function tensor name -> file (shards;
-    it must also answer for names no shard holds).
-    Extra tensors (e.g. rotary buffers) are ignored, as transformers does.
-    """
-    src = _Source(state_dict, source)
-    h, v = cfg.hidden_size, cfg.vocab_size
-    out: dict[str, Tensor] = {
-        "embed_tokens": src.float32("model.embed_tokens.weight", (v, h), check_finite=False),
-        "norm": src.float32("model.norm.weight", (h,), check_finite=True),
-    }
-    if not cfg.tie_word_embeddings:
-        out["lm_head"] = src.float32("lm_head.weight", (v, h), check_finite=False)
-    shapes = linear_shapes(cfg)
-    for layer in range(cfg.num_hidden_layers):
-        hf = f"model.layers.{layer}."
-        for canon, path in _NORM_NAMES.items():
-            n = cfg.intermediate_size if canon == "ffn_sub_norm" else h
-            out[f"layers.{layer}.{canon}"] = src.float32(hf + path + ".weight", (n,), check_finite=True)
-        for canon, path in LINEAR_NAMES.items():
-            out[f"layers.{layer}.{canon}"] = _linear(src, hf + path, shapes[canon], cfg)
-    return out
+
+def load_hf_dir(model_dir) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """A HF model directory: ``config.json`` + ``model.safetensors`` (or a sharded index)."""
+    cfg = load_config(model_dir)
+    checkpoint = open_safetensors_dir(model_dir)
+    return cfg, tensors_from_state_dict(checkpoint, cfg, checkpoint.source)

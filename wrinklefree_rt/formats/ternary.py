@@ -37,12 +37,13 @@ class TernaryWeight:
 def absmean_quantize(w: np.ndarray) -> tuple[np.ndarray, float]:
     """Quantize float master weights ``(out, in)`` to int8 codes and the fp32 scale ``s``.
 
-    Returns ``(codes, s)``; ``s`` is NaN/inf when ``w`` holds non-finite values (callers
-    refuse those).
+    Returns ``(codes, s)``. Raises ``ValueError`` when ``w`` holds NaN or inf.
     """
     w32 = np.asarray(w, dtype=np.float32)
     mean = float(np.add.reduce(np.abs(w32), axis=None, dtype=np.float64)) / max(w32.size, 1)
-    s = np.float32(max(mean, 1e-5)) if np.isfinite(mean) else np.float32(mean)
+    if not np.isfinite(mean):
+        raise ValueError("contains NaN or inf (the absmean scale is not finite)")
+    s = np.float32(max(mean, 1e-5))
     inv = np.float32(1.0) / s
     codes = np.rint(w32 * inv)
     np.clip(codes, -1, 1, out=codes)

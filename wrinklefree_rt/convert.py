@@ -1,0 +1,109 @@
+"""``wrinklefree-rt convert SRC DST``: any checkpoint this runtime reads -> its own packed format.
+
+DST is a directory (it receives ``model.wfrt`` plus SRC's tokenizer and config files, so it is
+a complete model directory for ``Engine.from_pretrained``) or a path ending in ``.wfrt``
+(the packed file alone).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from .config import load_config
+from .errors import ModelFormatError
+from .formats.canonical import canonical_names
+from .formats.hf import iter_canonical
+from .formats.packed import PACKED_FILE, write_packed
+from .formats.safetensors import open_safetensors_dir
+
+__all__ = ["main", "convert"]
+
+# Files beside the weights that a model directory needs at run time.
+_SIDE_FILES = ("config.json", "dlm_config.json", "generation_config.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+class _Progress:
+    """A plain-text progress bar on a stream: redrawn in place on a terminal, a line per tenth
+    of the work otherwise (logs stay readable)."""
+
+    def __init__(self, total: int, stream: TextIO, width: int = 30):
+        self.total, self.stream, self.width = total, stream, width
+        self.done = 0
+        self.bytes = 0
+        self.start = time.monotonic()
+        self.tty = stream.isatty()
+        self.last_tenth = -1
+
+    def __call__(self, name: str, nbytes: int) -> None:
+        self.done = min(self.done + 1, self.total)
+        self.bytes += nbytes
+        frac = self.done / self.total
+        filled = int(frac * self.width)
+        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {frac:4.0%} {self.done}/{self.total} "
+                f"{self.bytes / 2**20:8.1f} MiB {time.monotonic() - self.start:6.1f}s  {name}")
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line)
+        elif int(frac * 10) != self.last_tenth:
+            self.last_tenth = int(frac * 10)
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = None) -> Path:
+    """Convert the HF model directory ``src``; returns the path of the written ``.wfrt`` file."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise ModelFormatError(str(src), None, "not a model directory")
+    cfg = load_config(src)
+    checkpoint = open_safetensors_dir(src)
+    if dst.suffix == ".wfrt":
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        out = dst
+    else:
+        dst.mkdir(parents=True, exist_ok=True)
+        out = dst / PACKED_FILE
+        if dst.resolve() != src.resolve():
+            for name in _SIDE_FILES:
+                if (src / name).is_file():
+                    shutil.copyfile(src / name, dst / name)
+    # one step per canonical tensor, plus the int8 head
+    bar = _Progress(len(canonical_names(cfg)) + 1, progress_stream) if progress_stream else None
+    write_packed(out, cfg, iter_canonical(checkpoint, cfg, checkpoint.source), source=str(src),
+                 progress=bar)
+    if bar:
+        bar.finish()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wrinklefree-rt convert",
+        description="Convert a HF BitNet checkpoint (online or offline) to the runtime's packed format.")
+    parser.add_argument("src", help="HF model directory (config.json + model.safetensors or a sharded index)")
+    parser.add_argument("dst", help="output directory (gets model.wfrt + tokenizer files) or a .wfrt file")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    try:
+        out = convert(args.src, args.dst, None if args.quiet else sys.stderr)
+    except ModelFormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        size = out.stat().st_size
+        print(f"wrote {out} ({size / 2**20:.1f} MiB) in {time.monotonic() - start:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The runtime's own packed format (``.wfrt``): written once by ``wrinklefree-rt convert``,
+memory-mapped at load with zero-copy views, so a 2B model opens in milliseconds.
+
+File layout (all integers little-endian)::
+
+    0   8 bytes  magic b"WFRTPACK"
+    8   u32      format version (FORMAT_VERSION)
+    12  u32      ternary layout version of the kernels that packed it
+    16  u64      header length L
+    24  L bytes  header JSON: {"config": ModelConfig, "tensors": [entry...], "source": str}
+    24+L u32     CRC-32 of bytes [0, 24 + L)
+    ...          tensor data, each tensor at a 64-byte aligned absolute offset
+
+An entry is ``{"name", "dtype", "shape", "offset", "nbytes", "scale"}`` with dtype ``f32``,
+``i8`` or ``ternary`` (uint8 bytes in the kernels' layout for logical shape ``(out, in)``,
+with the per-tensor scale). Besides the canonical tensors the file holds the LM head already
+quantized to int8 rows (``lm_head_i8`` + ``lm_head_i8.scales``) by the engine's own rule, so
+the int8 head costs nothing at load either.
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import ModelFormatError
+from .canonical import LINEAR_NAMES, Tensor, canonical_names
+from .ternary import TernaryWeight
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "PACKED_FILE", "write_packed", "load_packed",
+           "quantize_head_i8", "is_packed_file"]
+
+MAGIC = b"WFRTPACK"
+FORMAT_VERSION = 1
+PACKED_FILE = "model.wfrt"  # the file name inside a converted model directory
+_ALIGN = 64
+_PREFIX = struct.Struct("<8sIIQ")
+_CRC = struct.Struct("<I")
+_ITEMSIZE = {"f32": 4, "i8": 1}
+_NP = {"f32": np.dtype("<f4"), "i8": np.dtype("i1"), "ternary": np.dtype("u1")}
+
+
+class _Entry(msgspec.Struct, kw_only=True):
+    name: str
+    dtype: Literal["f32", "i8", "ternary"]
+    shape: list[int]
+    offset: int
+    nbytes: int
+    scale: float | None = None
+
+
+class _Header(msgspec.Struct, kw_only=True):
+    config: ModelConfig
+    tensors: list[_Entry]
+    source: str = ""
+
+
+def _core():
+    from .. import _core as core  # the compiled extension; formats stay importable without it
+    return core
+
+
+def quantize_head_i8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's int8 LM head rule (cpp/model.cpp ``quantize_head_i8``), bit for bit in fp32:
+    per row ``scale = max|w| / 127`` (1 for an all-zero row), ``q = clamp(rint(w * (1/scale)),
+    -127, 127)``. Returns ``(q int8 (V, H), scale float32 (V,))``."""
+    w = np.asarray(w, dtype=np.float32)
+    amax = np.max(np.abs(w), axis=1)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    inv = (np.float32(1) / scale).astype(np.float32)
+    q = np.empty(w.shape, dtype=np.int8)
+    rows = max(1, (1 << 22) // max(w.shape[1], 1))  # bounded temporaries for a 128k vocab
+    for r in range(0, w.shape[0], rows):
+        block = np.rint(w[r:r + rows] * inv[r:r + rows, None])
+        np.clip(block, -127, 127, out=block)
+        q[r:r + rows] = block
+    return q, scale
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _as_entry_data(name: str, t: Tensor, core) -> tuple[str, list[int], np.ndarray, float | None]:
+    if isinstance(t, TernaryWeight):
+        data = t.data if t.is_packed else core.ternary_pack(t.data)
+        return "ternary", list(t.shape), np.ascontiguousarray(data).reshape(-1), t.scale
+    a = np.ascontiguousarray(t)
+    kind = {np.dtype(np.float32): "f32", np.dtype(np.int8): "i8"}.get(a.dtype)
+    if kind is None:
+        raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored (f32 or i8 only)")
+    return kind, list(a.shape), a.reshape(-1), None
+
+
+def write_packed(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]],
+                 source: str = "", progress: Callable[[str, int], None] | None = None) -> None:
+    """Write a ``.wfrt`` file from canonical ``(name, tensor)`` pairs (a dict's ``.items()`` or a
+    loader's generator). Ternary codes are packed with the kernels' own ``ternary_pack``; the int8
+    LM head is added. ``progress(name, bytes)`` is called after each tensor is prepared. The file
+    appears atomically (written to ``path + '.tmp'`` then renamed)."""
+    core = _core()
+    prepared: list[tuple[str, str, list[int], np.ndarray, float | None]] = []
+    head_src = None
+    for name, t in tensors:
+        kind, shape, data, scale = _as_entry_data(name, t, core)
+        prepared.append((name, kind, shape, data, scale))
+        if name == "lm_head" or (name == "embed_tokens" and cfg.tie_word_embeddings):
+            head_src = data.reshape(shape)
+        if progress:
+            progress(name, data.nbytes)
+    if head_src is None:
+        raise ValueError("no lm_head (or tied embed_tokens) among the tensors")
+    q, scales = quantize_head_i8(head_src)
+    prepared.append(("lm_head_i8", "i8", list(q.shape), q.reshape(-1), None))
+    prepared.append(("lm_head_i8.scales", "f32", [len(scales)], scales, None))
+    if progress:
+        progress("lm_head_i8", q.nbytes + scales.nbytes)
+
+    def header_bytes(data_start: int) -> tuple[bytes, list[_Entry]]:
+        entries, offset = [], data_start
+        for name, kind, shape, data, scale in prepared:
+            entries.append(_Entry(name=name, dtype=kind, shape=shape, offset=offset,
+                                  nbytes=data.nbytes, scale=scale))
+            offset = _align(offset + data.nbytes)
+        return msgspec.json.encode(_Header(config=cfg, tensors=entries, source=source)), entries
+
+    # Offsets depend on the header length, which depends on the offsets' digits: iterate to a fixpoint.
+    data_start = _ALIGN
+    while True:
+        header, entries = header_bytes(data_start)
+        need = _align(_PREFIX.size + len(header) + _CRC.size)
+        if need <= data_start:
+            break
+        data_start = need
+
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as f:
+        prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, core.ternary_layout_version(), len(header)) + header
+        f.write(prefix)
+        f.write(_CRC.pack(zlib.crc32(prefix)))
+        for entry, (_, _, _, data, _) in zip(entries, prepared):
+            f.seek(entry.offset)
+            f.write(memoryview(data).cast("B"))
+        f.truncate(max(data_start, f.tell()))
+    os.replace(tmp, path)
+
+
+def is_packed_file(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def load_packed(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Open a ``.wfrt`` file: read and check the header, then map every tensor zero-copy.
+
+    Refuses (``ModelFormatError``) a wrong magic, format version or kernel layout version, a
+    header whose checksum fails, and any tensor that is missing, misshaped or outside the file.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX.size)
+            if len(prefix) < _PREFIX.size:
+                raise ModelFormatError(path, None, f"truncated: {size} bytes, no header")
+            magic, version, layout, hlen = _PREFIX.unpack(prefix)
+            if magic != MAGIC:
+                raise ModelFormatError(path, None, f"bad magic {magic!r}: not a wrinklefree_rt packed file")
+            if version != FORMAT_VERSION:
+                raise ModelFormatError(path, None, f"format version {version}, this build reads {FORMAT_VERSION}")
+            if _PREFIX.size + hlen + _CRC.size > size:
+                raise ModelFormatError(path, None, f"truncated: header of {hlen} bytes, file of {size}")
+            header = f.read(hlen)
+            (crc,) = _CRC.unpack(f.read(_CRC.size))
+    except OSError as e:
+        raise ModelFormatError(path, None, f"cannot read: {e.strerror or e}") from None
+    if zlib.crc32(prefix + header) != crc:
+        raise ModelFormatError(path, None, "header checksum mismatch (corrupted file)")
+    want_layout = _core().ternary_layout_version()
+    if layout != want_layout:
+        raise ModelFormatError(path, None, f"packed for kernel layout version {layout}, this build uses "
+                                           f"{want_layout}: convert the checkpoint again")
+    try:
+        h = msgspec.json.decode(header, type=_Header)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise ModelFormatError(path, None, f"bad header: {e}") from None
+    cfg = h.config
+    cfg.validate(path)
+    return cfg, _map_tensors(path, size, cfg, h.tensors, _PREFIX.size + hlen + _CRC.size)
+
+
+def _map_tensors(path: str, size: int, cfg: ModelConfig, entries: list[_Entry],
+                 data_start: int) -> dict[str, Tensor]:
+    core = _core()
+    expected = canonical_names(cfg)
+    expected["lm_head_i8"] = (cfg.vocab_size, cfg.hidden_size)
+    expected["lm_head_i8.scales"] = (cfg.vocab_size,)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out: dict[str, Tensor] = {}
+    for e in entries:
+        def bad(problem: str) -> ModelFormatError:
+            return ModelFormatError(path, e.name, problem)
+
+        shape = expected.get(e.name)
+        if shape is None:
+            raise bad("unexpected tensor (not part of this model)")
+        if e.name in out:
+            raise bad("stored twice")
+        if tuple(e.shape) != shape:
+            raise bad(f"shape {tuple(e.shape)}, expected {shape}")
+        is_linear = e.name.rsplit(".", 1)[-1] in LINEAR_NAMES
+        want_kind = "ternary" if is_linear else ("i8" if e.name == "lm_head_i8" else "f32")
+        if e.dtype != want_kind:
+            raise bad(f"dtype {e.dtype}, expected {want_kind}")
+        nbytes = (core.ternary_packed_bytes(*shape) if is_linear
+                  else math.prod(shape) * _ITEMSIZE[e.dtype])
+        if e.nbytes != nbytes:
+            raise bad(f"{e.nbytes} bytes, expected {nbytes}")
+        if e.offset % _ALIGN or e.offset < data_start or e.offset + nbytes > size:
+            raise bad(f"data at [{e.offset}, {e.offset + nbytes}) is misaligned or outside the "
+                      f"data of a {size}-byte file (truncated?)")
+        view = mm[e.offset:e.offset + nbytes].view(_NP[e.dtype])
+        if is_linear:
+            if e.scale is None or not math.isfinite(e.scale) or e.scale <= 0:
+                raise bad(f"scale {e.scale} must be finite and positive")
+            out[e.name] = TernaryWeight(view, float(e.scale), shape)
+        else:
+            out[e.name] = view.reshape(shape)
+    missing = [n for n in expected if n not in out]
+    if missing:
+        raise ModelFormatError(path, missing[0], f"missing tensor ({len(missing)} missing in all)")
+    return out
