@@ -1,0 +1,153 @@
+"""Every kernel table this CPU runs against the scalar reference ("generic"), on ragged shapes."""
+import numpy as np
+import pytest
+
+from wrinklefree_rt import _core
+
+NAMES = _core.kernel_names()
+SIMD = [n for n in NAMES if n != "generic"]
+# Shapes straddle the layout's 16-row tiles and 16/128-wide K chunks, and the tiles the SIMD
+# loops use (up to 64 rows, 8 activation rows).
+NS = [1, 15, 16, 17, 33, 70, 130]
+KS = [1, 5, 31, 128, 129, 300, 1000]
+MS = [1, 2, 3, 5, 8, 13, 33]
+
+
+def test_generic_is_always_there():
+    assert NAMES[0] == "generic"
+    assert _core.default_kernel_name() in NAMES
+    assert _core.ternary_layout_version() >= 1
+
+
+def test_unknown_table_is_refused():
+    with pytest.raises(ValueError, match="not supported"):
+        _core.ternary_gemm("sse9", np.zeros(64, np.uint8), 1, 1, np.zeros((1, 128), np.int8))
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (3, 5), (16, 128), (17, 129), (70, 300)])
+def test_pack_round_trip(N, K):
+    codes = np.random.default_rng(N * 1000 + K).integers(-1, 2, (N, K)).astype(np.int8)
+    packed = _core.ternary_pack(codes)
+    assert packed.nbytes == -(-N // 16) * 16 * _core.ternary_padded_k(K) // 4
+    np.testing.assert_array_equal(_core.ternary_unpack(packed, N, K), codes)
+
+
+def test_pack_refuses_bad_codes_and_sizes():
+    with pytest.raises(ValueError, match="row 1, column 2"):
+        _core.ternary_pack(np.array([[0, 0, 0], [1, -1, 2]], np.int8))
+    with pytest.raises(ValueError, match="expected"):
+        _core.ternary_unpack(np.zeros(10, np.uint8), 16, 128)
+
+
+def ternary_reference(codes, X):
+    return X[:, : codes.shape[1]].astype(np.int64) @ (codes.astype(np.int64) + 1).T
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("N", NS)
+def test_ternary_gemm_matches_reference(name, N):
+    rng = np.random.default_rng(N)
+    for K in KS:
+        codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+        packed = _core.ternary_pack(codes)
+        Kp = _core.ternary_padded_k(K)
+        for M in MS:
+            # A wider row stride than K needs checks ldx handling; padding must be zero.
+            X = np.zeros((M, Kp + 64), np.int8)
+            X[:, :K] = rng.integers(-128, 128, (M, K))
+            want = ternary_reference(codes, X)
+            got = _core.ternary_gemm(name, packed, N, K, X)
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} N={N} K={K} M={M}")
+
+
+@pytest.mark.parametrize("name", SIMD)
+def test_ternary_gemm_row_ranges(name):
+    # Threads hand kernels [n0, n1) cuts anywhere; rows outside must stay untouched.
+    rng = np.random.default_rng(7)
+    N, K, M = 150, 300, 5
+    codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+    packed = _core.ternary_pack(codes)
+    X = np.zeros((M, _core.ternary_padded_k(K)), np.int8)
+    X[:, :K] = rng.integers(-128, 128, (M, K))
+    want = ternary_reference(codes, X)
+    for n0, n1 in [(0, 64), (64, 150), (5, 6), (17, 149), (33, 33)]:
+        out = np.full((M, N), -7, np.int32)
+        _core.ternary_gemm(name, packed, N, K, X, out=out, n0=n0, n1=n1)
+        np.testing.assert_array_equal(out[:, n0:n1], want[:, n0:n1])
+        assert (out[:, :n0] == -7).all() and (out[:, n1:] == -7).all()
+
+
+def test_ternary_gemm_refuses_short_activations():
+    packed = _core.ternary_pack(np.zeros((4, 200), np.int8))
+    with pytest.raises(ValueError, match="need 256"):
+        _core.ternary_gemm("generic", packed, 4, 200, np.zeros((2, 200), np.int8))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_i8_gemm_matches_reference(name):
+    rng = np.random.default_rng(11)
+    for N in NS:
+        for K in KS:
+            W = rng.integers(-128, 128, (N, K)).astype(np.int8)
+            W.flat[0] = -128  # the extremes SIMD sign/offset tricks must get exactly right
+            for M in MS:
+                X = rng.integers(-127, 128, (M, K)).astype(np.int8)
+                X.flat[0] = -127
+                want = X.astype(np.int64) @ W.astype(np.int64).T
+                np.testing.assert_array_equal(_core.i8_gemm(name, W, X), want, err_msg=f"{name} N={N} K={K} M={M}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_f32_gemm_matches_reference(name):
+    rng = np.random.default_rng(13)
+    for N in NS:
+        for K in KS:
+            W = rng.standard_normal((N, K)).astype(np.float32)
+            for M in MS:
+                X = rng.standard_normal((M, K)).astype(np.float32)
+                want = X.astype(np.float64) @ W.astype(np.float64).T
+                # fp32 sums in any order: error bounded by K ulps of the sum of |products|.
+                bound = (np.abs(X).astype(np.float64) @ np.abs(W).astype(np.float64).T) * K * 2**-24
+                got = _core.f32_gemm(name, W, X)
+                assert (np.abs(got - want) <= bound + 1e-30).all(), f"{name} N={N} K={K} M={M}"
+
+
+def quantize_reference(x):
+    a = np.float32(127) / max(np.float32(np.abs(x).max()), np.float32(1e-5))
+    q = np.clip(np.rint(x * a), -128, 127).astype(np.int8)
+    return q, a
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("K", [1, 7, 8, 31, 32, 33, 100, 1000, 2560])
+def test_quantize_row_matches_reference(name, K):
+    rng = np.random.default_rng(K)
+    x = (rng.standard_normal(K) * 3).astype(np.float32)
+    if K > 2:
+        # Exact halves after scaling must round to even, like torch.round.
+        amax = np.float32(np.abs(x).max())
+        x[K // 2] = np.float32(2.5) * amax / np.float32(127)
+    q_want, a_want = quantize_reference(x)
+    Kp = _core.ternary_padded_k(K)
+    q, a, s = _core.quantize_row_i8(name, x)
+    assert q.shape == (Kp,) and (q[K:] == 0).all()
+    np.testing.assert_array_equal(q[:K], q_want)
+    assert a == a_want and s == int(q_want.astype(np.int64).sum())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quantize_all_zero_row(name):
+    q, a, s = _core.quantize_row_i8(name, np.zeros(40, np.float32))
+    assert (q == 0).all() and s == 0 and a == np.float32(127) / np.float32(1e-5)
+
+
+@pytest.mark.parametrize("name", SIMD)
+def test_simd_tables_equal_generic_on_model_shapes(name):
+    # One pass at the real 2B-4T widths (K = 2560 and 6912, several row tiles) per table.
+    rng = np.random.default_rng(3)
+    for N, K in [(200, 2560), (130, 6912)]:
+        codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+        packed = _core.ternary_pack(codes)
+        X = rng.integers(-127, 128, (9, K)).astype(np.int8)
+        np.testing.assert_array_equal(_core.ternary_gemm(name, packed, N, K, X),
+                                      _core.ternary_gemm("generic", packed, N, K, X))
