@@ -1,0 +1,368 @@
+"""A request's whole state: tokens, K/V freshness, the open block, its output slot.
+
+AR and DLM requests are one mechanism. A request decodes in blocks of ``block`` positions
+aligned at multiples of ``block`` (the prompt's tail shares the first block). A DLM block
+starts as mask tokens and is unmasked by confidence; an AR request is the case block = 1 with
+``shift`` (row i predicts token i+1), where every block is just its first position, filled
+from the previous row's prediction.
+
+K/V freshness is one number, ``kv_valid``: positions below it hold K/V computed from the
+current tokens. Writing a token at p lowers it to p rounded down to the attention block
+(block-causal rows see their whole block). The rows a step needs start at ``kv_valid``; a
+row's prediction is cached and reused while the row stays below ``kv_valid``, which is exact
+because nothing it attends to has changed.
+"""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import anyio
+import msgspec
+import numpy as np
+
+from .params import SamplingParams
+from .tokenizer import TextStream, Tokenizer
+
+__all__ = ["Sequence", "RequestOutput", "RequestMetrics", "Work", "DlmSpec"]
+
+# Output modes of BitNetBatchEngine.step (docs/architecture.md).
+MODE_ARGMAX, MODE_SAMPLE = 0, 1
+
+
+class RequestMetrics(msgspec.Struct, kw_only=True):
+    """Per-request timings (seconds) and work counts.
+
+    ``forwards``: engine steps that ran rows of this request; ``rows``: rows it contributed.
+    ``tokens_per_s`` counts output tokens over the time since admission.
+    """
+
+    queue_time: float = 0.0
+    ttft: float | None = None
+    latency: float | None = None
+    tokens_per_s: float | None = None
+    forwards: int = 0
+    rows: int = 0
+    tokens_per_forward: float | None = None
+
+
+class RequestOutput(msgspec.Struct, kw_only=True):
+    """A request's output so far (cumulative: each update replaces the previous one).
+
+    ``token_ids`` includes a final EOS / stop token; ``text`` never does, and never contains a
+    stop string. ``finish_reason`` is ``"stop"``, ``"length"``, or ``None`` while running.
+    """
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    metrics: RequestMetrics = msgspec.field(default_factory=RequestMetrics)
+
+
+@dataclass(frozen=True)
+class DlmSpec:
+    """Resolved block-diffusion settings of one request (see DiffusionParams)."""
+
+    block_size: int
+    sub_block_size: int
+    threshold: float
+    mask_token_id: int
+    shift: bool
+    attn_block: int  # 1: causal; block_size: block-causal
+
+
+@dataclass
+class Work:
+    """What one sequence contributes to a step: rows for positions [start, end), and the rows
+    whose outputs it needs (positions), each with an output mode."""
+
+    start: int
+    end: int
+    out_positions: list[int]
+    out_modes: list[int]
+    uniforms: list[float] = field(default_factory=list)
+
+
+class Status(enum.Enum):
+    WAITING = 0
+    RUNNING = 1
+    FINISHED = 2
+
+
+class OutputSlot:
+    """Where the engine leaves a request's latest state for its consumer.
+
+    The engine only flags "there is news" (never waits), and the consumer builds one
+    cumulative ``RequestOutput`` from the sequence when it reads, so a slow consumer merges
+    any number of updates into one and never holds the engine up.
+    """
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.error: BaseException | None = None
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = anyio.Event()
+
+
+class Sequence:
+    def __init__(self, request_id: str, prompt: str | None, prompt_ids: list[int],
+                 params: SamplingParams, dlm: DlmSpec | None, stop_ids: frozenset[int],
+                 tokenizer: Tokenizer | None, exclude_id: int):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.dlm = dlm
+        self.block = dlm.block_size if dlm else 1
+        self.sub_block = dlm.sub_block_size if dlm else 1
+        self.shift = dlm.shift if dlm else True
+        self.attn_block = dlm.attn_block if dlm else 1
+        self.mask_id = dlm.mask_token_id if dlm else -1
+        self.exclude_id = exclude_id  # never chosen by any output row (the model's mask token)
+        self.stop_ids = stop_ids
+        self.limit = len(prompt_ids) + params.max_tokens  # positions [prompt_len, limit) may be generated
+
+        self.tokens = list(prompt_ids)
+        self.kv_valid = 0
+        self.block_start = self._align(self.prompt_len, self.block)
+        self._preds: dict[int, tuple[int, float]] = {}  # row position -> (token, prob), while fresh
+        self._scan = self.prompt_len  # positions before it hold no stop token
+        self.emitted = self.prompt_len
+        self._started = False
+        self._open_block()
+
+        self.rng = (np.random.default_rng(params.seed)
+                    if params.temperature > 0 and not dlm else None)
+        self.text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
+        self.output_ids: list[int] = []
+        self.status = Status.WAITING
+        self.slot_id: int | None = None
+        self.aborted = False
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self.output = OutputSlot()
+        self.arrival = time.perf_counter()
+        self.admitted: float | None = None
+        self.first_output: float | None = None
+        self.finished_at: float | None = None
+        self.forwards = 0
+        self.rows = 0
+        self.skipped = 0  # consecutive steps this sequence was left out of (for fairness)
+
+    # ----- geometry -------------------------------------------------------------------------
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def block_end(self) -> int:
+        return self.block_start + self.block
+
+    @property
+    def kv_positions(self) -> int:
+        """KV positions to reserve: up to the end of the block holding the last allowed token."""
+        return self._align(self.limit + self.block - 1, self.block)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    @staticmethod
+    def _align(n: int, b: int) -> int:
+        return n - n % b
+
+    def _first_open(self) -> int:
+        return max(self.block_start, self.prompt_len)
+
+    def _set(self, pos: int, token: int) -> None:
+        self.tokens[pos] = token
+        self.kv_valid = min(self.kv_valid, self._align(pos, self.attn_block))
+
+    def _open_block(self) -> None:
+        """Fill the open block's generated positions with masks (AR: the pending token)."""
+        first = self._first_open()
+        self.tokens.extend([self.mask_id] * (self.block_end - len(self.tokens)))
+        for p in range(first, self.block_end):
+            self._set(p, self.mask_id)
+
+    def _pending_fill(self) -> bool:
+        """With shift, the block's first open position is taken from the previous row's
+        prediction, computed with everything after that row absent."""
+        return self.shift and self.tokens[self._first_open()] == self.mask_id
+
+    def _candidates(self) -> list[int]:
+        """Still-masked positions (below the limit) of the first sub-block that has any."""
+        end = min(self.block_end, self.limit)
+        for sub in range(self.block_start, end, self.sub_block):
+            c = [p for p in range(max(sub, self.prompt_len), min(sub + self.sub_block, end))
+                 if self.tokens[p] == self.mask_id]
+            if c:
+                return c
+        return []
+
+    # ----- scheduling -----------------------------------------------------------------------
+    @property
+    def in_prefill(self) -> bool:
+        """No prediction made yet: the scheduler packs these after decode/denoise rows."""
+        return not self._started
+
+    def next_work(self, budget: int, first_in_step: bool) -> Work | None:
+        """Rows this sequence needs next, within ``budget`` rows. The first sequence of a step
+        may exceed it by one indivisible unit; others get None when they do not fit."""
+        if self._pending_fill():
+            target = self._first_open()
+            need, end, independent = [target - 1], target, target
+            mode = MODE_SAMPLE if self.rng is not None else MODE_ARGMAX
+        else:
+            need = [r for r in (c - 1 if self.shift else c for c in self._candidates())
+                    if r not in self._preds]
+            # Block-causal rows see their whole block, so the whole block runs.
+            end = self.block_end if self.attn_block > 1 else max(need) + 1
+            independent = self.block_start  # rows below it do not see the open block
+            mode = MODE_ARGMAX
+        start = min(self._align(self.kv_valid, self.attn_block), self._align(min(need), self.attn_block))
+        if end - start > budget:
+            # Only rows that do not depend on the open block may run as a separate chunk, and
+            # block-causal chunks hold whole blocks so that every row sees its block complete.
+            cut = min(self._align(start + max(budget, 0), self.attn_block), independent)
+            if cut <= start:
+                if not first_in_step:
+                    return None
+                cut = min(start + self.attn_block, independent) if start < independent else end
+            if cut < end:
+                return Work(start, cut, [], [])
+        uniforms = [float(self.rng.random()) for _ in need] if mode == MODE_SAMPLE else []
+        return Work(start, end, need, [mode] * len(need), uniforms)
+
+    # ----- results --------------------------------------------------------------------------
+    def apply(self, work: Work, tokens: np.ndarray, probs: np.ndarray) -> bool:
+        """Take a step's outputs for ``work``; returns True when new output is ready."""
+        self.kv_valid = max(self.kv_valid, work.end)
+        self.forwards += 1
+        self.rows += work.end - work.start
+        for pos, tok, prob in zip(work.out_positions, tokens, probs):
+            self._preds[pos] = (int(tok), float(prob))
+            self._started = True
+        return self._progress()
+
+    def _progress(self) -> bool:
+        """Make every decision the fresh predictions allow (several when a step's candidates
+        were all predicted before and nothing they see has changed since)."""
+        released = False
+        while not self.finished:
+            if self._pending_fill():
+                first = self._first_open()
+                if first - 1 not in self._preds:
+                    break
+                self._set(first, self._preds[first - 1][0])
+            else:
+                cands = self._candidates()
+                if not cands or not all((c - 1 if self.shift else c) in self._preds for c in cands):
+                    break
+                self._unmask(cands)
+            self._drop_stale_preds()
+            released = self._advance() or released
+        return released
+
+    def _unmask(self, cands: list[int]) -> None:
+        scored = [(self._preds[c - 1 if self.shift else c], c) for c in cands]
+        best = max(range(len(scored)), key=lambda i: (scored[i][0][1], -i))
+        chosen = [c for i, ((tok, prob), c) in enumerate(scored)
+                  if i == best or prob >= self.dlm.threshold]
+        for c in chosen:
+            self._set(c, self._preds[c - 1 if self.shift else c][0])
+
+    def _drop_stale_preds(self) -> None:
+        for pos in [p for p in self._preds if p >= self.kv_valid]:
+            del self._preds[pos]
+
+    def _advance(self) -> bool:
+        """Check for a stop token or the limit below the first mask; move to the next block
+        when this one is complete. Returns True when tokens were released."""
+        decoded = self.prompt_len
+        end = min(self.block_end, self.limit)
+        while decoded < end and self.tokens[decoded] != self.mask_id:
+            decoded += 1
+        for p in range(self._scan, decoded):
+            if self.tokens[p] in self.stop_ids:
+                self._finish_at(p + 1, "stop", self.tokens[p])
+                return True
+        self._scan = decoded
+        if decoded >= self.limit:
+            self._finish_at(self.limit, "length", None)
+            return True
+        if decoded < self.block_end:
+            return False
+        released = self._release(self.block_end)
+        if not self.finished:
+            self.block_start = self.block_end
+            self._open_block()
+        return released
+
+    def _release(self, upto: int) -> bool:
+        new = self.tokens[self.emitted:upto]
+        self.emitted = upto
+        if not new:
+            return False
+        if self.first_output is None:
+            self.first_output = time.perf_counter()
+        for tok in new:
+            self.output_ids.append(tok)
+            if self.text is not None and tok not in self.stop_ids and self.text.add(tok):
+                # A stop string ended inside this token: nothing after it is output.
+                self._finish("stop", self.text.stopped)
+                return True
+        return True
+
+    def _finish_at(self, upto: int, reason: str, stop_reason: int | str | None) -> None:
+        self._release(upto)
+        if not self.finished:
+            self._finish(reason, stop_reason)
+
+    def _finish(self, reason: str, stop_reason: int | str | None) -> None:
+        if self.text is not None and self.text.stopped is None and self.text.finish():
+            reason, stop_reason = "stop", self.text.stopped
+        self.status = Status.FINISHED
+        self.finish_reason, self.stop_reason = reason, stop_reason
+        self.finished_at = time.perf_counter()
+
+    # ----- lifecycle ------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Ask the scheduler to drop this request at the next step boundary (any thread)."""
+        self.aborted = True
+
+    def fail(self, error: BaseException) -> None:
+        self.output.error = error
+        self.status = Status.FINISHED
+        self.finished_at = time.perf_counter()
+        self.output.notify()
+
+    def snapshot(self) -> RequestOutput:
+        now = self.finished_at or time.perf_counter()
+        admitted = self.admitted if self.admitted is not None else now
+        n = len(self.output_ids)
+        metrics = RequestMetrics(
+            queue_time=admitted - self.arrival,
+            ttft=None if self.first_output is None else self.first_output - self.arrival,
+            latency=None if self.finished_at is None else self.finished_at - self.arrival,
+            tokens_per_s=n / (now - admitted) if n and now > admitted else None,
+            forwards=self.forwards, rows=self.rows,
+            tokens_per_forward=n / self.forwards if self.forwards else None)
+        final = self.finished
+        return RequestOutput(
+            request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_ids,
+            text=self.text.visible(final) if self.text is not None else "",
+            token_ids=list(self.output_ids), finished=final,
+            finish_reason=self.finish_reason, stop_reason=self.stop_reason, metrics=metrics)
