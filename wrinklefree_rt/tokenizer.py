@@ -29,8 +29,9 @@ class Tokenizer:
         self._tok = tokenizer
         config = config or {}
         self.bos_token = _token_text(config.get("bos_token")) or "<|begin_of_text|>"
-        self.eos_token_ids = tuple(t for t in (self.token_id(_token_text(config.get("eos_token"))),)
-                                   if t is not None)
+        # Both chat formats end a turn with <|eot_id|>: a reply ends there too.
+        eos = (self.token_id(_token_text(config.get("eos_token"))), self.token_id("<|eot_id|>"))
+        self.eos_token_ids = tuple(dict.fromkeys(t for t in eos if t is not None))
         self.mask_token_id = self.token_id(_token_text(config.get("mask_token")))
         if self.mask_token_id is None:
             self.mask_token_id = next((t for t in map(self.token_id, _MASK_TOKEN_NAMES) if t is not None),
