@@ -1,0 +1,377 @@
+"""Side-by-side benchmark: llama.cpp (TQ2_0, TQ1_0) vs this runtime on identical weights.
+
+Method: ../shared/BENCHMARKS.md. One synthetic model with the real 2B-4T shape (bench/synth.py)
+is written as this runtime's packed format and as GGUF TQ2_0 / TQ1_0; every system runs with the
+same thread count, and the figures are taken interleaved (A B C A B C ...) so drift hits all
+alike. Reported: medians, ratios against llama.cpp TQ2_0, and each figure as a fraction of its
+measured ceiling (bench/hw.py). A benchmark reports; it never passes or fails.
+
+    python -m bench.run            full run (~10 min on 2 cores)
+    python -m bench.run --quick    smoke run (< 1 min once the model files are cached)
+
+Writes bench/results/<UTC timestamp>.json with the machine, versions and every raw sample.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wrinklefree_rt import _core
+from wrinklefree_rt._core import BitNetBatchEngine
+from wrinklefree_rt.formats import load_model_dir
+
+from . import artifacts, gguf_writer, hw, peer, synth
+from .ours import Ours
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+OURS = "wrinklefree_rt"
+PEER_NAMES = {"TQ2_0": "llama.cpp TQ2_0", "TQ1_0": "llama.cpp TQ1_0"}
+BASELINE = PEER_NAMES["TQ2_0"]
+# Pause between systems, so the previous one's spinning worker threads have gone to sleep.
+GAP_S = 0.2
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _load_ours(path: Path, threads: int, max_slots: int, kv_tokens: int) -> Ours:
+    t0 = time.perf_counter()
+    cfg, tensors = load_model_dir(path)
+    page = 32
+    eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=max_slots,
+                            kv_pages=-(-kv_tokens // page), page_size=page, lm_head="int8")
+    return Ours(eng, time.perf_counter() - t0)
+
+
+def bytes_per_token_ours(shape: synth.Shape) -> int:
+    """Weight bytes one AR decode step reads: packed ternary linears + int8 head (+ row scales)
+    + fp32 norms. The KV cache (< 2 % at these lengths) is left out, which flatters no one:
+    it raises the ceiling."""
+    ternary = sum(_core.ternary_packed_bytes(o(shape), i(shape)) for _, o, i in synth.PROJECTIONS)
+    norms = (3 * shape.hidden + shape.intermediate) * 4
+    head = shape.vocab * shape.hidden + shape.vocab * 4
+    return shape.layers * (ternary + norms) + head + shape.hidden * 4
+
+
+def bytes_per_token_gguf(shape: synth.Shape, qtype: str) -> int:
+    """Same for the GGUF: every tensor but token_embd's lookup is read once; token_embd is read
+    whole as the output layer."""
+    plan = gguf_writer._tensor_plan(shape, gguf_writer.QTYPES[qtype])
+    return sum(gguf_writer._nbytes(dims, t) for _, _, dims, t in plan)
+
+
+def ternary_bytes_ours(shape: synth.Shape) -> int:
+    return shape.layers * sum(_core.ternary_packed_bytes(o(shape), i(shape))
+                              for _, o, i in synth.PROJECTIONS)
+
+
+class CpuMeter:
+    """CPU time other processes used while we measured, in cores: on a shared 2-core machine a
+    neighbour's compile halves what either side gets, and llama.cpp's spinning OpenMP barrier
+    suffers far more from it than a sleeping pool. Every sample carries this figure."""
+
+    _HZ = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self) -> None:
+        self.t, self.busy, self.own = self._read()
+
+    @classmethod
+    def _read(cls) -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = (sum(fields[:8]) - idle) / cls._HZ  # user..steal, guests are inside user
+        t = os.times()
+        return time.perf_counter(), busy, t.user + t.system
+
+    def foreign_cores(self) -> float:
+        t, busy, own = self._read()
+        wall = max(t - self.t, 1e-9)
+        return max(0.0, (busy - self.busy) - (own - self.own)) / wall
+
+
+def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 3.0) -> float:
+    """Waits (up to max_wait_s) for a window in which others use under `threshold` cores;
+    returns the last window's foreign load."""
+    deadline = time.perf_counter() + max_wait_s
+    while True:
+        m = CpuMeter()
+        time.sleep(window_s)
+        load = m.foreign_cores()
+        if load < threshold or time.perf_counter() >= deadline:
+            return load
+        print(f"  machine busy ({load:.2f} foreign cores), waiting...", file=sys.stderr)
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _probe(kind: str, path: Path, threads: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.probe", kind, str(path), str(threads)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    if out.returncode:
+        return {"error": out.stderr.strip()[-2000:]}
+    return json.loads(out.stdout)
+
+
+def run(args: argparse.Namespace) -> dict:
+    shape = synth.SHAPES["2b"]
+    threads = args.threads
+    quick = args.quick
+    reps = args.reps or (1 if quick else 5)
+    gen = 32 if quick else 128
+    prompt_len = 16
+    pp_sizes = (128,) if quick else (128, 512)
+    rows_list = (1, 32, 128) if quick else (1, 8, 32, 128, 512)
+    fwd_reps = 2 if quick else 5
+    qtypes = [] if args.no_peer else (["TQ2_0"] if quick else ["TQ2_0", "TQ1_0"])
+    if qtypes and not peer.available():
+        print("llama-cpp-python is not installed: running this runtime alone", file=sys.stderr)
+        qtypes = []
+
+    report: dict = {
+        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *sys.argv[1:]]),
+        "mode": "quick" if quick else "full",
+        "threads": threads,
+        "machine": hw.machine(),
+        "versions": {"wrinklefree_rt_commit": _git_commit(), "numpy": np.__version__,
+                     "python": sys.version.split()[0], "peer": peer.versions()},
+        "model": {"shape": vars(shape), "seed": args.seed,
+                  "ternary_macs_per_token": synth.ternary_macs_per_token(shape)},
+        "loadavg": [],
+    }
+    print(f"machine: {report['machine'].get('cpu_model')} ({report['machine'].get('logical_cpus')} cpus), "
+          f"{threads} threads, {report['mode']} run", file=sys.stderr)
+
+    print("measuring ceilings (DRAM read, int8 peaks)...", file=sys.stderr)
+    if args.wait_quiet:
+        report["foreign_cores_at_start"] = wait_quiet(args.wait_quiet)
+    raw_hw = hw.measure(threads=tuple(sorted({1, threads})), buffer_mib=512 if quick else 1024,
+                        passes=2 if quick else 8, peak_seconds=0.05 if quick else 0.3)
+    report["ceilings_raw"] = raw_hw
+    ceil = hw.summarize(raw_hw)
+    report["ceilings"] = ceil
+    bw = ceil["bandwidth_bytes_per_s"][str(threads)]
+    peaks = {k: v[str(threads)] for k, v in ceil["int8_macs_per_s"].items()}
+    maddubs_peak = peaks["avx2_maddubs_i16acc"]
+    best_kernel = max(peaks, key=peaks.get)
+
+    print("preparing model files (cached under .models/bench)...", file=sys.stderr)
+    wfrt = artifacts.wfrt_dir(shape, args.seed)
+    ggufs = {q: artifacts.cached_gguf(shape, q, args.seed) for q in qtypes}
+
+    # Load/resident memory first, each in a fresh process, before this one holds anything.
+    print("load time and resident memory per format...", file=sys.stderr)
+    report["load"] = {f"{OURS} .wfrt": _probe("wfrt", wfrt, threads)}
+    for q, path in ggufs.items():
+        report["load"][PEER_NAMES[q]] = _probe("gguf", path, threads)
+
+    ours = _load_ours(wfrt, threads, max_slots=32, kv_tokens=2048 + 16 * 32)
+    report["versions"]["wrinklefree_rt_isa"] = ours.eng.isa
+    systems: dict[str, object] = {}
+    for q in qtypes:
+        systems[PEER_NAMES[q]] = peer.LlamaPeer(ggufs[q], threads, n_ctx=1024)
+        if q == "TQ2_0":
+            systems[OURS] = ours  # baseline first, then this runtime, then the other peer
+    if OURS not in systems:
+        systems[OURS] = ours
+
+    figures = {f"tg{gen}": (gen, lambda s: s.tg(prompt_len, gen))}
+    for n in pp_sizes:
+        figures[f"pp{n}"] = (n, lambda s, n=n: s.pp(n))
+    samples = {f: {name: [] for name in systems} for f in figures}
+    foreign = {f: {name: [] for name in systems} for f in figures}
+
+    print("warm-up...", file=sys.stderr)
+    for name, sysm in systems.items():
+        sysm.tg(prompt_len, 4)
+        sysm.pp(min(pp_sizes))
+    print(f"interleaved rotation: {reps} reps x {list(figures)} x {list(systems)}", file=sys.stderr)
+    for rep in range(reps):
+        report["loadavg"].append(os.getloadavg())
+        for fig, (_, fn) in figures.items():
+            for name, sysm in systems.items():
+                time.sleep(GAP_S)
+                meter = CpuMeter()
+                samples[fig][name].append(fn(sysm))
+                foreign[fig][name].append(meter.foreign_cores())
+        print(f"  rep {rep + 1}/{reps} done", file=sys.stderr)
+    report["samples_s"] = samples
+    report["samples_foreign_cores"] = foreign
+
+    print(f"batched forward at {rows_list} rows...", file=sys.stderr)
+    fwd = {m: [] for m in rows_list}
+    fwd_foreign = {m: [] for m in rows_list}
+    for m in rows_list:
+        ours.forward(m, 1)  # warm-up: first use of those KV pages and buffers
+    for rep in range(fwd_reps):
+        for m in rows_list:
+            time.sleep(GAP_S)
+            meter = CpuMeter()
+            fwd[m] += ours.forward(m, 1)
+            fwd_foreign[m].append(meter.foreign_cores())
+    report["forward_samples_s"] = {str(m): v for m, v in fwd.items()}
+    report["forward_foreign_cores"] = {str(m): v for m, v in fwd_foreign.items()}
+
+    for sysm in systems.values():
+        if sysm is not ours:
+            sysm.close()
+    del systems
+    ours_path = wfrt
+    del ours
+
+    if not args.no_serving:
+        from . import serving
+
+        print("DLM serving and scheduler overhead...", file=sys.stderr)
+        report["serving"] = serving.run(ours_path, shape, threads, quick)
+    report["loadavg"].append(os.getloadavg())
+
+    # Derived figures.
+    macs = synth.ternary_macs_per_token(shape)
+    bpt = {OURS: bytes_per_token_ours(shape)}
+    for q in qtypes:
+        bpt[PEER_NAMES[q]] = bytes_per_token_gguf(shape, q)
+    derived: dict = {"bytes_per_token": bpt, "bandwidth_bytes_per_s": bw,
+                     "int8_peak_macs_per_s": peaks, "best_int8_kernel": best_kernel, "figures": {}}
+    for fig, (n, _) in figures.items():
+        row = {}
+        for name, xs in samples[fig].items():
+            tps = n / _med(xs)
+            entry = {"tokens_per_s": tps, "median_s": _med(xs),
+                     "median_foreign_cores": _med(foreign[fig][name])}
+            if fig.startswith("tg"):
+                entry["ceiling_tokens_per_s"] = bw / bpt[name]
+            else:
+                entry["ceiling_tokens_per_s"] = maddubs_peak / macs
+                entry["ceiling_best_kernel_tokens_per_s"] = peaks[best_kernel] / macs
+            entry["fraction_of_ceiling"] = tps / entry["ceiling_tokens_per_s"]
+            row[name] = entry
+        if BASELINE in row:
+            base = samples[fig][BASELINE]
+            for name, xs in samples[fig].items():
+                row[name]["ratio_vs_baseline"] = row[name]["tokens_per_s"] / row[BASELINE]["tokens_per_s"]
+                # Paired per rep (adjacent in time), robust to drift between reps.
+                row[name]["paired_ratios"] = [b / x for b, x in zip(base, xs)]
+        derived["figures"][fig] = row
+    tbytes = ternary_bytes_ours(shape)
+    fwd_rows = {}
+    for m, xs in fwd.items():
+        tps = m / _med(xs)
+        roof = m / max(tbytes / bw, m * macs / peaks[best_kernel])
+        fwd_rows[str(m)] = {"tokens_per_s": tps, "median_step_s": _med(xs),
+                            "median_foreign_cores": _med(fwd_foreign[m]),
+                            "fraction_of_maddubs_peak": tps * macs / maddubs_peak,
+                            "fraction_of_best_peak": tps * macs / peaks[best_kernel],
+                            "roofline_tokens_per_s": roof, "fraction_of_roofline": tps / roof}
+    derived["forward"] = fwd_rows
+    report["derived"] = derived
+    report["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return report
+
+
+def _fmt(x: float, nd: int = 1) -> str:
+    return "-" if x is None or x != x else f"{x:.{nd}f}"
+
+
+def table(report: dict) -> str:
+    d = report["derived"]
+    lines = []
+    bw = d["bandwidth_bytes_per_s"]
+    peaks = d["int8_peak_macs_per_s"]
+    lines.append(f"Machine: {report['machine'].get('cpu_model')}, {report['threads']} threads; "
+                 f"DRAM read {bw / 1e9:.1f} GB/s; int8 peak "
+                 + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " G MAC/s")
+    lines.append("")
+    names = list(next(iter(d["figures"].values())).keys())
+    head = f"| figure | " + " | ".join(f"{n} tok/s" for n in names)
+    has_base = BASELINE in names
+    if has_base:
+        head += " | " + " | ".join(f"{n} / TQ2_0" for n in names if n != BASELINE)
+    head += " | " + " | ".join(f"{n} % ceiling" for n in names) + " | others' CPU (cores) |"
+    lines.append(head)
+    lines.append("|" + "---|" * (head.count("|") - 1))
+    for fig, row in d["figures"].items():
+        cells = [_fmt(row[n]["tokens_per_s"]) for n in names]
+        if has_base:
+            cells += [_fmt(row[n]["ratio_vs_baseline"], 2) + "x" for n in names if n != BASELINE]
+        cells += [_fmt(100 * row[n]["fraction_of_ceiling"], 0) + " %" for n in names]
+        cells.append(_fmt(max(row[n]["median_foreign_cores"] for n in names), 2))
+        label = fig if not fig.startswith("tg") else f"{fig} (prompt 16)"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Ceilings: tg = DRAM read bandwidth / weight bytes read per token ("
+                 + ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in d["bytes_per_token"].items())
+                 + "); pp = avx2 maddubs peak / "
+                 f"{report['model']['ternary_macs_per_token'] / 1e9:.2f} G MAC per token.")
+    lines.append("")
+    lines.append(f"| {OURS} forward rows | tok/s | step ms | % maddubs peak | % {d['best_int8_kernel']} peak "
+                 "| % roofline | others' CPU (cores) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for m, r in d["forward"].items():
+        lines.append(f"| {m} | {_fmt(r['tokens_per_s'])} | {_fmt(1e3 * r['median_step_s'], 1)} | "
+                     f"{_fmt(100 * r['fraction_of_maddubs_peak'], 0)} % | "
+                     f"{_fmt(100 * r['fraction_of_best_peak'], 0)} % | {_fmt(100 * r['fraction_of_roofline'], 0)} % | "
+                     f"{_fmt(r['median_foreign_cores'], 2)} |")
+    if "serving" in report:
+        from . import serving
+
+        lines.append("")
+        lines += serving.table(report["serving"])
+    lines.append("")
+    lines.append("| load (warm page cache) | load s | first token s | RSS after load MiB | RSS after first token MiB |")
+    lines.append("|---|---|---|---|---|")
+    for name, r in report["load"].items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error'][-120:]} | | | |")
+            continue
+        lines.append(f"| {name} | {r['load_s']:.3f} | {r['first_token_s']:.3f} | "
+                     f"{r['after_load']['VmRSS']:.0f} | {r['after_first_token']['VmRSS']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=0, help="rotations (default 5, quick 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--no-serving", action="store_true", help="skip the DLM/scheduler figures")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                    help="first wait up to S seconds for other processes to go quiet")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    report = run(args)
+    report["wall_s"] = time.perf_counter() - t0
+    text = table(report)
+    report["table_markdown"] = text
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"{stamp}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
+          f"({report['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
