@@ -39,6 +39,8 @@ PEER_NAMES = {"TQ2_0": "llama.cpp TQ2_0", "TQ1_0": "llama.cpp TQ1_0"}
 BASELINE = PEER_NAMES["TQ2_0"]
 # Pause between systems, so the previous one's spinning worker threads have gone to sleep.
 GAP_S = 0.2
+# Above this many cores used by other processes during a sample, the table flags the figure.
+NOISY_CORES = 0.3
 
 
 def _git_commit() -> str:
@@ -316,6 +318,11 @@ def table(report: dict) -> str:
         cells.append(_fmt(max(row[n]["median_foreign_cores"] for n in names), 2))
         label = fig if not fig.startswith("tg") else f"{fig} (prompt 16)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    noisy = [fig for fig, row in d["figures"].items()
+             if max(r["median_foreign_cores"] for r in row.values()) > NOISY_CORES]
+    if noisy:
+        lines.append(f"\nWARNING: other processes used > {NOISY_CORES} cores during {', '.join(noisy)}: "
+                     "those figures are contaminated (llama.cpp's spinning threads suffer most).")
     lines.append("")
     lines.append("Ceilings: tg = DRAM read bandwidth / weight bytes read per token ("
                  + ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in d["bytes_per_token"].items())
@@ -358,7 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for other processes to go quiet")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--show", type=Path, metavar="JSON", help="print the table of a results file and exit")
     args = ap.parse_args(argv)
+    if args.show:
+        print(table(json.loads(args.show.read_text())))
+        return
     t0 = time.perf_counter()
     report = run(args)
     report["wall_s"] = time.perf_counter() - t0
