@@ -16,6 +16,8 @@ from .step import StepOutput, StepPlan
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
+_MAX_SKIPS = 4
+
 
 class SchedulerStats:
     """Engine-wide counters (what ``Engine.stats()`` reports)."""
@@ -49,8 +51,9 @@ class Scheduler:
         self._admit()
         chosen = []
         used = 0
-        # Decode/denoise before prefill; among equals, whoever was left out longest first.
-        for seq in sorted(self.running, key=lambda s: (s.in_prefill, -s.skipped)):
+        # Decode/denoise before prefill, except that a sequence left out of several steps in a
+        # row goes first (a busy engine must not starve a prefill); then longest-waiting first.
+        for seq in sorted(self.running, key=lambda s: (s.in_prefill and s.skipped < _MAX_SKIPS, -s.skipped)):
             work = seq.next_work(self.budget - used, first_in_step=not chosen)
             if work is None:
                 seq.skipped += 1
