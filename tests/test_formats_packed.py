@@ -82,7 +82,7 @@ def test_convert_dir_copies_side_files_and_reports_progress(hf_dir, tmp_path):
 
 def test_convert_cli_errors(tmp_path, capsys):
     assert main(["-q", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
-    assert "not a model directory" in capsys.readouterr().err
+    assert "no such file or directory" in capsys.readouterr().err
 
 
 def test_load_time_of_real_layer_shapes(tmp_path):

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import BitNetConfig, BitNetForCausalLM
 from transformers.integrations.bitnet import AutoBitLinear, pack_weights
 
-__all__ = ["make_hf_model", "save_hf_model", "quantization_config", "TINY_DEFAULTS"]
+__all__ = ["make_hf_model", "save_hf_model", "save_gguf", "quantization_config", "TINY_DEFAULTS"]
 
 TINY_DEFAULTS = dict(
     vocab_size=250,            # not a multiple of 32
@@ -137,3 +137,83 @@ def save_hf_model(model: BitNetForCausalLM, path: str | Path, *, mode: str = "on
              "weight_map": weight_map}
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return path
+
+
+def save_gguf(model: BitNetForCausalLM, path: str | Path, ternary_type: str = "F32",
+              embed_type: str = "F32", metadata: dict | None = None, skip: tuple[str, ...] = (),
+              override: dict | None = None, arch: str = "bitnet") -> Path:
+    """Write the model as a llama.cpp ``bitnet`` GGUF with the ``gguf`` package: linears as
+    ``q * s`` (transformers' online quantization) in ``ternary_type`` (F32, F16, TQ1_0, TQ2_0),
+    embeddings in ``embed_type``, norms F32. ``metadata`` overrides/adds keys (None deletes);
+    tensors named in ``skip`` are left out; ``override`` maps GGUF tensor names to float32 arrays
+    stored as they are (replacing or adding tensors: hostile-file tests)."""
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    meta = {
+        f"{arch}.context_length": cfg.max_position_embeddings, f"{arch}.embedding_length": cfg.hidden_size,
+        f"{arch}.block_count": cfg.num_hidden_layers, f"{arch}.feed_forward_length": cfg.intermediate_size,
+        f"{arch}.attention.head_count": cfg.num_attention_heads,
+        f"{arch}.attention.head_count_kv": cfg.num_key_value_heads,
+        f"{arch}.rope.dimension_count": cfg.hidden_size // cfg.num_attention_heads,
+        f"{arch}.rope.freq_base": float(cfg.rope_parameters["rope_theta"]),
+        f"{arch}.attention.layer_norm_rms_epsilon": float(cfg.rms_norm_eps),
+        f"{arch}.vocab_size": cfg.vocab_size,
+        "tokenizer.ggml.bos_token_id": cfg.bos_token_id,
+        "tokenizer.ggml.eos_token_id": cfg.eos_token_id[0],
+        "tokenizer.ggml.eot_token_id": cfg.eos_token_id[-1],
+    }
+    meta.update(metadata or {})
+    w = gguf.GGUFWriter(str(path), arch=arch)
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, int(value))
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.attn_sub_norm": "attn_sub_norm", "mlp.ffn_sub_norm": "ffn_sub_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for name, p in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        if name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            gname = f"blk.{layer}.{parts[rest.rsplit('.', 1)[0]]}.weight"
+        else:
+            gname = names[name]
+        if gname in skip or gname in (override or {}):
+            continue
+        x = p.detach().float()
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        if isinstance(module, AutoBitLinear):
+            inv = 1.0 / x.abs().mean().clamp(min=1e-5)
+            x = (x * inv).round().clamp(-1, 1) * (1.0 / inv)
+            qtype = ternary_type
+        else:
+            qtype = "F32" if x.dim() == 1 else embed_type
+        arr = x.numpy().astype(np.float32)
+        gt = gguf.GGMLQuantizationType[qtype]
+        if gt == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(gname, arr)
+        elif gt == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(gname, arr.astype(np.float16))
+        else:
+            w.add_tensor(gname, gguf.quants.quantize(arr, gt), raw_dtype=gt)
+    for gname, arr in (override or {}).items():
+        if gname not in skip:
+            w.add_tensor(gname, np.ascontiguousarray(arr, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)

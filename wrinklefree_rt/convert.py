@@ -1,4 +1,4 @@
-"""``wrinklefree-rt convert SRC DST``: any checkpoint this runtime reads -> its own packed format.
+"""``wrinklefree-rt convert SRC DST``: a HF or GGUF checkpoint -> the runtime's own packed format.
 
 DST is a directory (it receives ``model.wfrt`` plus SRC's tokenizer and config files, so it is
 a complete model directory for ``Engine.from_pretrained``) or a path ending in ``.wfrt``
@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from .config import load_config
 from .errors import ModelFormatError
+from .formats import open_model
 from .formats.canonical import canonical_names
-from .formats.hf import iter_canonical
 from .formats.packed import PACKED_FILE, write_packed
-from .formats.safetensors import open_safetensors_dir
 
 __all__ = ["main", "convert"]
 
@@ -60,26 +58,23 @@ class _Progress:
 
 
 def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = None) -> Path:
-    """Convert the HF model directory ``src``; returns the path of the written ``.wfrt`` file."""
+    """Convert ``src`` (a HF model directory or a BitNet GGUF file); returns the path of the
+    written ``.wfrt`` file."""
     src, dst = Path(src), Path(dst)
-    if not src.is_dir():
-        raise ModelFormatError(str(src), None, "not a model directory")
-    cfg = load_config(src)
-    checkpoint = open_safetensors_dir(src)
+    cfg, tensors = open_model(src)
     if dst.suffix == ".wfrt":
         dst.parent.mkdir(parents=True, exist_ok=True)
         out = dst
     else:
         dst.mkdir(parents=True, exist_ok=True)
         out = dst / PACKED_FILE
-        if dst.resolve() != src.resolve():
+        if src.is_dir() and dst.resolve() != src.resolve():
             for name in _SIDE_FILES:
                 if (src / name).is_file():
                     shutil.copyfile(src / name, dst / name)
     # one step per canonical tensor, plus the int8 head
     bar = _Progress(len(canonical_names(cfg)) + 1, progress_stream) if progress_stream else None
-    write_packed(out, cfg, iter_canonical(checkpoint, cfg, checkpoint.source), source=str(src),
-                 progress=bar)
+    write_packed(out, cfg, tensors, source=str(src), progress=bar)
     if bar:
         bar.finish()
     return out
@@ -88,8 +83,9 @@ def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="wrinklefree-rt convert",
-        description="Convert a HF BitNet checkpoint (online or offline) to the runtime's packed format.")
-    parser.add_argument("src", help="HF model directory (config.json + model.safetensors or a sharded index)")
+        description="Convert a BitNet checkpoint to the runtime's packed format.")
+    parser.add_argument("src", help="HF model directory (config.json + model.safetensors or a sharded "
+                                    "index, online or offline) or a BitNet GGUF file")
     parser.add_argument("dst", help="output directory (gets model.wfrt + tokenizer files) or a .wfrt file")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

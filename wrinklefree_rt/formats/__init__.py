@@ -1,30 +1,63 @@
 """Checkpoint formats. Each loader yields ``(ModelConfig, tensors)`` with the canonical names of
-docs/architecture.md; ``load_model_dir`` picks the loader."""
+docs/architecture.md; ``open_model`` / ``load_model_dir`` pick the loader."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..config import ModelConfig, load_config
 from ..errors import ModelFormatError
 from .canonical import Tensor
-from .hf import load_hf_dir, tensors_from_state_dict
+from .gguf import is_gguf_file, load_gguf
+from .hf import iter_canonical, tensors_from_state_dict
 from .packed import PACKED_FILE, is_packed_file, load_packed
+from .safetensors import open_safetensors_dir
 from .ternary import TernaryWeight, absmean_quantize
 
-__all__ = ["load_model_dir", "TernaryWeight", "Tensor", "absmean_quantize", "tensors_from_state_dict"]
+__all__ = ["load_model_dir", "open_model", "TernaryWeight", "Tensor", "absmean_quantize",
+           "tensors_from_state_dict"]
+
+
+def _model_file(p: Path) -> Path | None:
+    """The single-file checkpoint a directory holds instead of HF safetensors, if any."""
+    if (p / PACKED_FILE).is_file():
+        return p / PACKED_FILE
+    if (p / "config.json").is_file():
+        return None
+    ggufs = sorted(p.glob("*.gguf"))
+    if len(ggufs) > 1:
+        raise ModelFormatError(str(p), None, f"{len(ggufs)} .gguf files and no config.json: "
+                                             "name the one to load")
+    return ggufs[0] if ggufs else None
+
+
+def open_model(path: str | os.PathLike) -> tuple[ModelConfig, Iterable[tuple[str, Tensor]]]:
+    """The config and the canonical ``(name, tensor)`` pairs of any checkpoint this runtime
+    reads; for HF directories the pairs are produced lazily, one tensor at a time."""
+    p = Path(path)
+    if p.is_dir():
+        single = _model_file(p)
+        if single is None:
+            cfg = load_config(p)
+            checkpoint = open_safetensors_dir(p)
+            return cfg, iter_canonical(checkpoint, cfg, checkpoint.source)
+        p = single
+    if p.is_file():
+        if is_packed_file(p):
+            cfg, tensors = load_packed(p)
+        elif is_gguf_file(p):
+            cfg, tensors = load_gguf(p)
+        else:
+            raise ModelFormatError(str(p), None, "not a model directory, a wrinklefree_rt packed file nor a GGUF file")
+        return cfg, tensors.items()
+    raise ModelFormatError(str(p), None, "no such file or directory")
 
 
 def load_model_dir(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Load a model from a HF directory (``config.json`` + safetensors, online or offline),
-    a directory written by ``wrinklefree-rt convert`` (holding ``model.wfrt``), or a ``.wfrt``
-    file. Raises ``ModelFormatError`` naming the file, tensor and problem."""
-    p = Path(path)
-    if p.is_dir():
-        packed = p / PACKED_FILE
-        return load_packed(packed) if packed.is_file() else load_hf_dir(p)
-    if p.is_file():
-        if is_packed_file(p):
-            return load_packed(p)
-        raise ModelFormatError(str(p), None, "not a model directory nor a wrinklefree_rt packed file")
-    raise ModelFormatError(str(p), None, "no such file or directory")
+    """Load a model from a HF directory (``config.json`` + safetensors, online or offline), a
+    directory written by ``wrinklefree-rt convert`` (holding ``model.wfrt``), a ``.wfrt`` file, or
+    a BitNet GGUF file (or a directory holding one, without config.json). Raises
+    ``ModelFormatError`` naming the file, tensor and problem."""
+    cfg, tensors = open_model(path)
+    return cfg, dict(tensors)

@@ -1,0 +1,121 @@
+"""BitNet GGUF files (llama.cpp arch ``bitnet``) written with the ``gguf`` package: the same
+ternary tensors as the HF checkpoint they came from, engine logits, and hostile files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiny_models import make_hf_model, save_gguf, save_hf_model
+from wrinklefree_rt.errors import ModelFormatError
+from wrinklefree_rt.formats import TernaryWeight, load_model_dir
+from wrinklefree_rt.formats.gguf import load_gguf
+
+pytest.importorskip("gguf", reason="the optional gguf extra is not installed")
+
+# TQ1_0/TQ2_0 blocks hold 256 inputs: every linear's in-dim must be a multiple of 256.
+SHAPE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_hf_model(31, tie_word_embeddings=True, **SHAPE)
+
+
+@pytest.fixture(scope="module")
+def hf(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf")
+    save_hf_model(model, path)
+    return load_model_dir(path)
+
+
+# fp16 block scales (TQ*, F16) round s; F32 keeps it to an ulp
+@pytest.mark.parametrize("qtype, embed, rtol", [("F32", "F32", 3e-7), ("F16", "F16", 1e-3),
+                                                ("TQ2_0", "Q8_0", 1e-3), ("TQ1_0", "F32", 1e-3)])
+def test_same_ternary_tensors_as_hf(model, hf, tmp_path, qtype, embed, rtol):
+    cfg_hf, t_hf = hf
+    cfg, t = load_gguf(save_gguf(model, tmp_path / "m.gguf", qtype, embed))
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "rope_theta", "tie_word_embeddings", "bos_token_id",
+                  "eos_token_ids", "hidden_act"):
+        assert getattr(cfg, field) == getattr(cfg_hf, field), field
+    assert cfg.rms_norm_eps == pytest.approx(cfg_hf.rms_norm_eps)  # GGUF stores it as float32
+    assert t.keys() == t_hf.keys()
+    for name, ref in t_hf.items():
+        if isinstance(ref, TernaryWeight):
+            np.testing.assert_array_equal(t[name].data, ref.data, err_msg=name)
+            assert t[name].scale == pytest.approx(ref.scale, rel=rtol), name
+        elif embed == "F32" or name != "embed_tokens":
+            tol = 1e-3 if embed == "F16" else 0
+            np.testing.assert_allclose(t[name], ref, rtol=tol, atol=0, err_msg=name)
+
+
+def test_untied_output_and_directory_lookup(tmp_path):
+    m = make_hf_model(32, **SHAPE)
+    save_gguf(m, tmp_path / "model.gguf")
+    cfg, t = load_model_dir(tmp_path)  # a directory holding one .gguf and no config.json
+    assert not cfg.tie_word_embeddings
+    np.testing.assert_array_equal(t["lm_head"], m.lm_head.weight.detach().numpy())
+
+
+def test_per_tensor_scale_multiplies(model, hf, tmp_path):
+    path = save_gguf(model, tmp_path / "m.gguf", override={"blk.0.attn_q.scale": np.array([2.0])})
+    _, t = load_gguf(path)
+    assert t["layers.0.q_proj"].scale == pytest.approx(2 * hf[1]["layers.0.q_proj"].scale, rel=3e-7)
+
+
+def test_engine_logits_equal_hf_dir(model, tmp_path):
+    _core = pytest.importorskip("wrinklefree_rt._core", reason="the C++ extension is not built")
+    from test_reference_logits import engine_logits
+    save_hf_model(model, tmp_path / "hf")
+    save_gguf(model, tmp_path / "m.gguf")
+    prompt = np.random.default_rng(5).integers(0, model.config.vocab_size, 20)
+    want = engine_logits(tmp_path / "hf", prompt)
+    got = engine_logits(tmp_path / "m.gguf", prompt)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def _refused(path, tensor, problem):
+    with pytest.raises(ModelFormatError, match=problem) as e:
+        load_gguf(path)
+    assert e.value.file == str(path) and e.value.tensor == tensor
+
+
+def test_not_ternary_refused(model, tmp_path):
+    w = model.model.layers[1].mlp.up_proj.weight.detach().numpy()
+    path = save_gguf(model, tmp_path / "m.gguf", override={"blk.1.ffn_up.weight": w})
+    _refused(path, "blk.1.ffn_up.weight", "not a ternary weight")
+
+
+def test_missing_and_misshaped_tensors(model, tmp_path):
+    _refused(save_gguf(model, tmp_path / "a.gguf", skip=("blk.1.ffn_sub_norm.weight",)),
+             "blk.1.ffn_sub_norm.weight", "missing tensor")
+    _refused(save_gguf(model, tmp_path / "b.gguf", override={"output_norm.weight": np.ones(255)}),
+             "output_norm.weight", r"shape \(255,\), expected \(256,\)")
+    bad = np.ones(256, np.float32)
+    bad[7] = np.nan
+    _refused(save_gguf(model, tmp_path / "c.gguf", override={"blk.0.attn_norm.weight": bad}),
+             "blk.0.attn_norm.weight", "NaN or inf")
+
+
+@pytest.mark.parametrize("meta, problem", [
+    ({"bitnet.block_count": None}, "'bitnet.block_count' missing"),
+    ({"bitnet.hidden_act": "silu"}, "hidden_act.*relu2"),
+    ({"bitnet.rope.dimension_count": 32}, "partial rotary"),
+    ({"bitnet.attention.head_count_kv": 3}, "does not divide"),
+])
+def test_bad_metadata(model, tmp_path, meta, problem):
+    _refused(save_gguf(model, tmp_path / "m.gguf", metadata=meta), None, problem)
+
+
+def test_wrong_arch_short_file_and_garbage(model, tmp_path):
+    _refused(save_gguf(model, tmp_path / "llama.gguf", arch="llama"), None, "not a BitNet one")
+    good = save_gguf(model, tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "t.gguf").write_bytes(good[:-1000])
+    with pytest.raises(ModelFormatError, match=r"unreadable GGUF \(truncated or corrupt\?\)"):
+        load_gguf(tmp_path / "t.gguf")
+    (tmp_path / "g.gguf").write_bytes(good[:4] + b"\xff" * 64)
+    with pytest.raises(ModelFormatError, match="GGUF"):
+        load_gguf(tmp_path / "g.gguf")
+    (tmp_path / "h.gguf").write_bytes(good[:200])
+    with pytest.raises(ModelFormatError, match="GGUF"):
+        load_model_dir(tmp_path / "h.gguf")
