@@ -29,7 +29,7 @@ struct Avx2Dot : Ymm {
 
 void ternary_gemm_avx2(const uint8_t* W, int N, int K, const int8_t* X,
                                                                   int ldx, int M, int32_t* Y, int ldy, int n0, int n1) {
-    ternary_gemm_tiled<Avx2Dot, 1, 4, 2>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+    ternary_gemm_tiled<Avx2Dot, 1, 5>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 // Signed x signed int8: |w| (u8, exact even for -128) times x with w's sign (exact for x > -128);

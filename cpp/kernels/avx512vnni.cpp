@@ -41,7 +41,7 @@ struct Zmm {
 
 void ternary_gemm_avx512vnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
                              int n0, int n1) {
-    ternary_gemm_tiled<Zmm, 2, 8, 4>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+    ternary_gemm_tiled<Zmm, 3, 8>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 // Signed x signed int8 with the unsigned operand x + 128 (x ^ 0x80): sum w * x is

@@ -25,7 +25,7 @@ struct AvxVnniDot : Ymm {
 
 void ternary_gemm_avxvnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
                           int n0, int n1) {
-    ternary_gemm_tiled<AvxVnniDot, 1, 5, 2>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+    ternary_gemm_tiled<AvxVnniDot, 1, 5>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 }  // namespace
