@@ -266,12 +266,12 @@ class Engine:
     # ----- building a sequence --------------------------------------------------------------
     async def _submit(self, prompt: Prompt, sp: SamplingParams, dp: DiffusionParams | None,
                       rid: str) -> Sequence:
-        if self._closed:
-            raise EngineClosedError("the engine was closed")
         if self._token is None or threading.get_ident() != self._loop_thread:
             raise EngineNotRunningError(
                 "the engine is not running in this event loop: use `async with engine:` "
                 "(or the sync generate_batch)")
+        if self._closed:
+            raise EngineClosedError("the engine is closing")
         text, ids = await self._tokenize(prompt)
         seq = self._make_sequence(text, ids, sp, dp, rid)
         self._scheduler.add(seq)
