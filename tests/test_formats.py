@@ -428,5 +428,5 @@ def test_not_a_model(tmp_path):
     with pytest.raises(ModelFormatError, match="no model.safetensors"):
         load_model_dir(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"garbage")
-    with pytest.raises(ModelFormatError, match="not a model directory, a wrinklefree_rt packed file nor a GGUF"):
+    with pytest.raises(ModelFormatError, match="not a model directory, nor a .wfrt, GGUF or SGLBITNT file"):
         load_model_dir(tmp_path / "weights.bin")

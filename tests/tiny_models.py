@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from transformers import BitNetConfig, BitNetForCausalLM
 from transformers.integrations.bitnet import AutoBitLinear, pack_weights
 
-__all__ = ["make_hf_model", "save_hf_model", "save_gguf", "quantization_config", "TINY_DEFAULTS"]
+__all__ = ["make_hf_model", "save_hf_model", "save_gguf", "save_sglbin", "pack_sgl_rows", "quantization_config",
+           "TINY_DEFAULTS"]
 
 TINY_DEFAULTS = dict(
     vocab_size=250,            # not a multiple of 32
@@ -216,4 +217,56 @@ def save_gguf(model: BitNetForCausalLM, path: str | Path, ternary_type: str = "F
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return Path(path)
+
+
+def pack_sgl_rows(codes) -> "np.ndarray":
+    """int8 codes (out, in) -> WrinkleFree's sgl-kernel layout (out, in/4): in blocks of 128
+    inputs, byte j holds inputs j, j+32, j+64, j+96 in bits 6-7, 4-5, 2-3, 0-1 as q + 1."""
+    import numpy as np
+
+    u = (np.asarray(codes, np.int16) + 1).astype(np.uint8)
+    rows, k = u.shape
+    blocks = u.reshape(rows, k // 128, 4, 32)
+    packed = (blocks[:, :, 0] << 6) | (blocks[:, :, 1] << 4) | (blocks[:, :, 2] << 2) | blocks[:, :, 3]
+    return packed.reshape(rows, k // 4).astype(np.uint8)
+
+
+def save_sglbin(model: BitNetForCausalLM, path: str | Path, *, unflagged_scale_stored: bool = False,
+                float_dtype: str = "float32", mutate=None) -> Path:
+    """Write the model as a WrinkleFree ``SGLBITNT`` v1 ``.bin``: linears packed by
+    ``pack_sgl_rows`` with the absmean scale (flag 1), everything else ``float_dtype`` (flag 0).
+    ``unflagged_scale_stored`` picks the writer that stores an f32 scale even when the flag is 0.
+    ``mutate(records)`` may edit the list of ``[name, dtype, dims, flag, scale, size, data]``."""
+    import struct
+
+    import numpy as np
+
+    from wrinklefree_rt.formats.ternary import absmean_quantize
+
+    codes_of = {"float32": 1, "float16": 2, "bfloat16": 3}
+    records = []
+    for name, p in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        if isinstance(model.get_submodule(name.rsplit(".", 1)[0]), AutoBitLinear):
+            codes, s = absmean_quantize(p.detach().float().numpy())
+            data = pack_sgl_rows(codes)
+            records.append([name, 0, list(data.shape), 1, s, data.nbytes, data.tobytes()])
+        else:
+            t = p.detach().to(_DTYPES[float_dtype]).contiguous()
+            raw = t.view(torch.int16).numpy().tobytes() if float_dtype == "bfloat16" else t.numpy().tobytes()
+            records.append([name, codes_of[float_dtype], list(t.shape), 0, 0.0, len(raw), raw])
+    if mutate:
+        mutate(records)
+    cfg = json.dumps(model.config.to_dict()).encode()
+    out = bytearray(b"SGLBITNT" + struct.pack("<II", 1, len(cfg)) + cfg + struct.pack("<I", len(records)))
+    for name, dtype, dims, flag, scale, size, data in records:
+        nb = name.encode()
+        out += struct.pack("<I", len(nb)) + nb + struct.pack("<II", dtype, len(dims))
+        out += struct.pack(f"<{len(dims)}I", *dims) + struct.pack("<I", flag)
+        if flag or unflagged_scale_stored:
+            out += struct.pack("<f", scale)
+        out += struct.pack("<Q", size) + data
+    Path(path).write_bytes(bytes(out))
     return Path(path)

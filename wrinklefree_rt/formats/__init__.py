@@ -13,6 +13,7 @@ from .gguf import is_gguf_file, load_gguf
 from .hf import iter_canonical, tensors_from_state_dict
 from .packed import PACKED_FILE, is_packed_file, load_packed
 from .safetensors import open_safetensors_dir
+from .sglbin import is_sglbin_file, load_sglbin
 from .ternary import TernaryWeight, absmean_quantize
 
 __all__ = ["load_model_dir", "open_model", "TernaryWeight", "Tensor", "absmean_quantize",
@@ -48,16 +49,19 @@ def open_model(path: str | os.PathLike) -> tuple[ModelConfig, Iterable[tuple[str
             cfg, tensors = load_packed(p)
         elif is_gguf_file(p):
             cfg, tensors = load_gguf(p)
+        elif is_sglbin_file(p):
+            cfg, tensors = load_sglbin(p)
         else:
-            raise ModelFormatError(str(p), None, "not a model directory, a wrinklefree_rt packed file nor a GGUF file")
+            raise ModelFormatError(str(p), None, "not a model directory, nor a .wfrt, GGUF or SGLBITNT file")
         return cfg, tensors.items()
     raise ModelFormatError(str(p), None, "no such file or directory")
 
 
 def load_model_dir(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Load a model from a HF directory (``config.json`` + safetensors, online or offline), a
-    directory written by ``wrinklefree-rt convert`` (holding ``model.wfrt``), a ``.wfrt`` file, or
-    a BitNet GGUF file (or a directory holding one, without config.json). Raises
+    directory written by ``wrinklefree-rt convert`` (holding ``model.wfrt``), a ``.wfrt`` file,
+    a BitNet GGUF file (or a directory holding one, without config.json), or a WrinkleFree
+    ``SGLBITNT`` ``.bin`` file. Raises
     ``ModelFormatError`` naming the file, tensor and problem."""
     cfg, tensors = open_model(path)
     return cfg, dict(tensors)

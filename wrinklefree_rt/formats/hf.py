@@ -16,7 +16,7 @@ from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .safetensors import open_safetensors_dir
 from .ternary import HF_VALUES_PER_BYTE, TernaryWeight, absmean_quantize, unpack_hf_rows
 
-__all__ = ["tensors_from_state_dict", "iter_canonical", "load_hf_dir", "hf_name"]
+__all__ = ["tensors_from_state_dict", "iter_canonical", "load_hf_dir", "hf_name", "TensorSource"]
 
 _HF_MODULE = {
     "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
@@ -38,7 +38,9 @@ def hf_name(canonical: str) -> str:
     return f"model.layers.{layer}.{_HF_MODULE[part]}.weight"
 
 
-class _Source:
+class TensorSource:
+    """Typed, shape-checked access to a name -> array mapping; errors name the file."""
+
     def __init__(self, state_dict: Mapping[str, np.ndarray], source: str | Callable[[str], str]):
         self.sd = state_dict
         self.source = source
@@ -113,7 +115,7 @@ def iter_canonical(state_dict: Mapping[str, np.ndarray], cfg: ModelConfig,
     it must also answer for names no shard holds). Extra tensors (e.g. rotary buffers) are
     ignored, as transformers does.
     """
-    src = _Source(state_dict, source)
+    src = TensorSource(state_dict, source)
     for name, shape in canonical_names(cfg).items():
         part = name.rsplit(".", 1)[-1]
         if part in LINEAR_NAMES:
