@@ -114,22 +114,23 @@ void BitNetBatchEngine::Impl::validate(const StepInput& in) {
     auto dup = std::adjacent_find(keys.begin(), keys.end());
     if (dup != keys.end())
         throw std::invalid_argument("two rows write slot " + std::to_string(dup->first) + " position " + std::to_string(dup->second));
+    auto bad_output = [](int j, const std::string& what) {
+        return std::invalid_argument("output " + std::to_string(j) + ": " + what);
+    };
     for (int j = 0; j < in.n_out; ++j) {
-        const std::string where = "output " + std::to_string(j);
         if (in.out_row[j] < 0 || in.out_row[j] >= in.n_rows)
-            throw std::invalid_argument(where + ": out_row " + std::to_string(in.out_row[j]) + " is not a row of this step");
+            throw bad_output(j, "out_row " + std::to_string(in.out_row[j]) + " is not a row of this step");
         const int mode = in.out_mode[j];
-        if (mode < 0 || mode > 2) throw std::invalid_argument(where + ": out_mode " + std::to_string(mode) + " is not 0, 1 or 2");
+        if (mode < 0 || mode > 2) throw bad_output(j, "out_mode " + std::to_string(mode) + " is not 0, 1 or 2");
         if (in.exclude && (in.exclude[j] < -1 || in.exclude[j] >= c.vocab_size))
-            throw std::invalid_argument(where + ": exclude " + std::to_string(in.exclude[j]) + " is not -1 or a token id");
+            throw bad_output(j, "exclude " + std::to_string(in.exclude[j]) + " is not -1 or a token id");
         if (mode != 1) continue;
         if (in.temperature && !(std::isfinite(in.temperature[j]) && in.temperature[j] >= 0.0f))
-            throw std::invalid_argument(where + ": temperature must be finite and >= 0");
-        if (in.top_k && in.top_k[j] < 0) throw std::invalid_argument(where + ": top_k must be >= 0");
-        if (in.top_p && !(in.top_p[j] > 0.0f && in.top_p[j] <= 1.0f))
-            throw std::invalid_argument(where + ": top_p must be in (0, 1]");
+            throw bad_output(j, "temperature must be finite and >= 0");
+        if (in.top_k && in.top_k[j] < 0) throw bad_output(j, "top_k must be >= 0");
+        if (in.top_p && !(in.top_p[j] > 0.0f && in.top_p[j] <= 1.0f)) throw bad_output(j, "top_p must be in (0, 1]");
         if (in.uniform && !(in.uniform[j] >= 0.0f && in.uniform[j] < 1.0f))
-            throw std::invalid_argument(where + ": uniform must be in [0, 1)");
+            throw bad_output(j, "uniform must be in [0, 1)");
     }
 }
 

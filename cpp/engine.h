@@ -27,14 +27,16 @@ enum class LmHeadPrecision { F32 = 0, I8 = 1 };
 struct EngineOptions {
     int num_threads = 0;        // 0: physical cores
     int max_slots = 64;         // concurrent sequences
-    int kv_pages = 0;           // 0: enough for max_slots full-length sequences
+    int kv_pages = 0;           // 0: enough for max_slots full-length sequences, capped at 4 GiB of KV
+                                //    (but at least one full-length sequence)
     int page_size = 32;         // positions per page
     LmHeadPrecision lm_head = LmHeadPrecision::I8;
     std::string isa;            // "": best this CPU runs; else a KernelTable name (tests force "generic")
 };
 
-// A borrowed tensor. The engine copies (or packs) what it needs unless `keep_alive` semantics
-// are provided by the caller (the Cython layer keeps numpy arrays alive for mapped formats).
+// A borrowed tensor. Used in place (the caller keeps it alive as long as the engine: the Cython
+// layer holds the numpy arrays): f32 embed_tokens and lm_head, pre-packed ternary (dtype 2),
+// lm_head_i8 (dtype 3, (V,H)) with lm_head_i8.scales (f32 (V,)). Everything else is copied or packed.
 struct TensorView {
     const void* data = nullptr;
     int dtype = 0;                  // 0 = f32, 1 = int8 ternary {-1,0,1}, 2 = uint8 pre-packed ternary, 3 = int8 (LM head rows)

@@ -88,16 +88,7 @@ void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& he
     head.owned_scale.resize(V);
     RowSplit split(V, pool.size());
     pool.parallel_for(split.tasks, [&](int t, int) {
-        for (int n = split.begin(t); n < split.end(t); ++n) {
-            const float* row = w + static_cast<size_t>(n) * H;
-            float amax = 0.0f;
-            for (int k = 0; k < H; ++k) amax = std::max(amax, std::fabs(row[k]));
-            float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
-            float inv = 1.0f / scale;
-            int8_t* q = head.owned_i8.data() + static_cast<size_t>(n) * H;
-            for (int k = 0; k < H; ++k) q[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::rint(row[k] * inv))));
-            head.owned_scale[n] = scale;
-        }
+        quantize_rows_i8_per_row(w, H, split.begin(t), split.end(t), head.owned_i8.data(), head.owned_scale.data());
     });
     head.i8 = head.owned_i8.data();
     head.row_scale = head.owned_scale.data();
@@ -182,6 +173,10 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
     if (head_i8) {
         expect("lm_head_i8", *head_i8, 3, {V, H});
         expect("lm_head_i8.scales", *head_i8_scales, 0, {V});
+        const float* sc = static_cast<const float*>(head_i8_scales->data);
+        for (int n = 0; n < V; ++n)
+            if (!std::isfinite(sc[n]) || !(sc[n] > 0.0f))
+                throw BadTensor("lm_head_i8.scales", "row " + std::to_string(n) + " scale is not a positive finite number");
     }
     head.precision = precision;
     if (precision == LmHeadPrecision::F32) {
@@ -215,6 +210,19 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
         float e = static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim);
         float p = static_cast<float>(std::pow(static_cast<double>(cfg.rope_theta), static_cast<double>(e)));
         inv_freq[i] = 1.0f / p;
+    }
+}
+
+void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale) {
+    for (int n = n0; n < n1; ++n) {
+        const float* row = w + static_cast<size_t>(n) * K;
+        float amax = 0.0f;
+        for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+        const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        const float inv = 1.0f / s;
+        int8_t* qr = q + static_cast<size_t>(n) * K;
+        for (int k = 0; k < K; ++k) qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::rint(row[k] * inv))));
+        scale[n] = s;
     }
 }
 

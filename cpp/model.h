@@ -66,6 +66,10 @@ struct Compute {
     ThreadPool* pool;
 };
 
+// int8 rows with one scale per row, as the int8 LM head stores them: scale = max|w| / 127
+// (1 for an all-zero row), q = clamp(rint(w / scale), -127, 127). Rows [n0, n1) of (N, K).
+void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale);
+
 // Row-wise RMSNorm in fp32: out = x * rsqrt(mean(x^2) + eps) * w.  x, out: M rows of n (ld n).
 void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, float* out);
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from engine_helpers import fresh_sequence, hf_and_tensors, make_engine, prefill, random_ids
-from wrinklefree_rt._core import kernel_names
+from wrinklefree_rt._core import kernel_names, quantize_lm_head_i8, ternary_pack
+from wrinklefree_rt.formats.ternary import TernaryWeight
 
 CFG = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=250,
            intermediate_size=160, num_hidden_layers=2)
@@ -119,3 +120,18 @@ def test_thread_counts_agree(model):
         assert eng.num_threads == n
         outs.append(prefill(eng, fresh_sequence(eng, 33), ids))
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_prepacked_weights_and_int8_head_used_in_place_give_the_same_logits(model):
+    cfg, tensors = model
+    packed = {n: (TernaryWeight(ternary_pack(t.data), t.scale, t.shape) if isinstance(t, TernaryWeight) else t)
+              for n, t in tensors.items()}
+    head = tensors.get("lm_head", tensors["embed_tokens"])
+    q, scales = quantize_lm_head_i8(head)
+    assert np.abs(q.astype(np.float32) * scales[:, None] - head).max() <= scales.max() / 2 * 1.0001
+    packed["lm_head_i8"], packed["lm_head_i8.scales"] = q, scales
+    ids = random_ids(cfg, 20, seed=12)
+    for lm_head in ("fp32", "int8"):
+        a = make_engine(cfg, tensors, lm_head=lm_head)
+        b = make_engine(cfg, packed, lm_head=lm_head)
+        assert np.array_equal(prefill(a, fresh_sequence(a, 20), ids), prefill(b, fresh_sequence(b, 20), ids))

@@ -72,3 +72,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int num_threads()
         const char* isa()
 
+
+
+cdef extern from "model.h" namespace "wfrt" nogil:
+    void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale)

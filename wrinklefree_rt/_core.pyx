@@ -101,6 +101,23 @@ def _float32_array(what, values, n):
     return np.ascontiguousarray(a)
 
 
+def quantize_lm_head_i8(w):
+    """The int8 LM head the engine builds from a float (V, H) head: (q int8 (V, H), scales
+    float32 (V,)) with w ~ q * scale per row. Converters store these as `lm_head_i8` and
+    `lm_head_i8.scales`, which the engine then uses in place."""
+    cdef const float[:, ::1] wv = np.ascontiguousarray(w, dtype=np.float32)
+    cdef int V = wv.shape[0], H = wv.shape[1]
+    if V < 1 or H < 1:
+        raise ValueError(f"LM head must be a non-empty 2-D array, got shape {np.shape(w)}")
+    q = np.empty((V, H), dtype=np.int8)
+    scales = np.empty(V, dtype=np.float32)
+    cdef int8_t[:, ::1] qv = q
+    cdef float[::1] sv = scales
+    with nogil:
+        quantize_rows_i8_per_row(&wv[0, 0], H, 0, V, &qv[0, 0], &sv[0])
+    return q, scales
+
+
 cdef class BitNetBatchEngine:
     """One copy of a BitNet b1.58 model serving many sequences, one batched forward per step.
 
