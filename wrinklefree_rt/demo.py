@@ -72,12 +72,12 @@ def build_random_model(path: Path, *, vocab_size: int, hidden: int = 256, layers
     return path
 
 
-def _demo_model(tmp: Path) -> Path:
+def _demo_model(path: Path) -> Path:
     tok_dir = find_llama3_tokenizer()
     # The Llama-3.2 tokenizer holds 128257 tokens; the model adds none and uses the last
     # (a reserved special token) as its DLM mask.
     vocab = 128257
-    path = build_random_model(tmp / "model", vocab_size=vocab, mask_token_id=vocab - 1)
+    build_random_model(path, vocab_size=vocab, mask_token_id=vocab - 1)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tok_dir / name, path / name)
     return path
@@ -123,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wrinklefree-rt demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0: physical cores)")
+    parser.add_argument("--save", metavar="DIR", help="only write the random model + tokenizer to DIR")
     args = parser.parse_args(argv)
+    if args.save:
+        print(f"wrote {_demo_model(Path(args.save))}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        path = _demo_model(Path(tmp))
+        path = _demo_model(Path(tmp) / "model")
         engine = Engine.from_pretrained(path, num_threads=args.threads)
         print(f"random BitNet model + Llama-3 tokenizer ready in {time.perf_counter() - start:.1f} s "
               f"({engine.core.isa}, {engine.core.num_threads} threads)")

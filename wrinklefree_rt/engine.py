@@ -128,11 +128,11 @@ class Engine:
         self._task_group.start_soon(self._serve)
         return self
 
-    async def __aexit__(self, *exc_info) -> bool | None:
-        try:
-            await self.aclose()
-        finally:
-            return await self._task_group.__aexit__(*exc_info)
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+        # The body's own exception is not handed to the task group (it would come back wrapped
+        # in an ExceptionGroup): the group only holds the engine's loop task, now finished.
+        await self._task_group.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Stop serving: queued and running requests end with ``EngineClosedError``, their
@@ -142,7 +142,8 @@ class Engine:
         self._closed = True
         self._serve_scope.cancel()
         self.core.cancel()
-        await self._stopped.wait()
+        with anyio.CancelScope(shield=True):  # the loop stops within one (cancelled) step
+            await self._stopped.wait()
         self._token = None
 
     def close(self) -> None:

@@ -41,14 +41,15 @@ class DiffusionParams(msgspec.Struct, kw_only=True):
     """Block-diffusion (DLM) decoding, Fast-dLLM v2 style (docs/api.md).
 
     ``None`` fields are resolved from the engine's defaults, then the model config, then the
-    tokenizer (the mask token). ``attention``: ``"causal"`` (WrinkleFree DLMs) or ``"block"``
+    tokenizer (the mask token); unset everywhere: block 32, sub-block 8, threshold 0.9, shift
+    on. ``attention``: ``"causal"`` (WrinkleFree DLMs) or ``"block"``
     (block-causal, Fast-dLLM v2); by default block-causal when the model config names a
     ``bd_size``. ``threshold`` above 1 unmasks exactly one token per step.
     """
 
     block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
     sub_block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
-    threshold: Annotated[float, msgspec.Meta(ge=0.0)] = 0.9
+    threshold: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
     mask_token_id: _TokenId | None = None
     shift: bool | None = None
     attention: Literal["causal", "block"] | None = None
