@@ -27,7 +27,10 @@ _MAX_HEADER = 100_000_000
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    """bf16 bits (uint16) -> float32, exactly: the bits become the high half of the float."""
+    out = np.empty(raw.shape, np.uint32)
+    np.left_shift(raw, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
 
 
 class SafetensorsFile(Mapping):
