@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence as Seq, Union
+from typing import Any, Sequence as Seq, Union
 
 import anyio
 import anyio.from_thread

@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import anyio
 import msgspec
@@ -138,7 +137,7 @@ class Sequence:
         self.kv_valid = 0
         self.block_start = self._align(self.prompt_len, self.block)
         self._preds: dict[int, tuple[int, float]] = {}  # row position -> (token, prob), while fresh
-        self._scan = self.prompt_len  # positions before it hold no stop token
+        self._scan = self.prompt_len  # positions before it are decoded and hold no stop token
         self.emitted = self.prompt_len
         self._started = False
         self._open_block()
@@ -266,7 +265,7 @@ class Sequence:
                 first = self._first_open()
                 if first - 1 not in self._preds:
                     break
-                self._set(first, self._preds[first - 1][0])
+                self._set(first, self._preds.pop(first - 1)[0])
             else:
                 cands = self._candidates()
                 if not cands or not all((c - 1 if self.shift else c) in self._preds for c in cands):
@@ -277,12 +276,12 @@ class Sequence:
         return released
 
     def _unmask(self, cands: list[int]) -> None:
-        scored = [(self._preds[c - 1 if self.shift else c], c) for c in cands]
-        best = max(range(len(scored)), key=lambda i: (scored[i][0][1], -i))
-        chosen = [c for i, ((tok, prob), c) in enumerate(scored)
-                  if i == best or prob >= self.dlm.threshold]
-        for c in chosen:
-            self._set(c, self._preds[c - 1 if self.shift else c][0])
+        rows = [c - 1 if self.shift else c for c in cands]
+        probs = [self._preds[r][1] for r in rows]
+        best = max(range(len(cands)), key=lambda i: (probs[i], -i))  # ties: leftmost
+        for i, (c, r) in enumerate(zip(cands, rows)):
+            if i == best or probs[i] >= self.dlm.threshold:
+                self._set(c, self._preds.pop(r)[0])  # a row predicts one position only
 
     def _drop_stale_preds(self) -> None:
         for pos in [p for p in self._preds if p >= self.kv_valid]:
@@ -291,7 +290,7 @@ class Sequence:
     def _advance(self) -> bool:
         """Check for a stop token or the limit below the first mask; move to the next block
         when this one is complete. Returns True when tokens were released."""
-        decoded = self.prompt_len
+        decoded = self._scan  # everything before it is decoded
         end = min(self.block_end, self.limit)
         while decoded < end and self.tokens[decoded] != self.mask_id:
             decoded += 1
