@@ -43,6 +43,18 @@ def measure(threads: tuple[int, ...] = (1, 2), buffer_mib: int = 1024, passes: i
     return json.loads(out.stdout)
 
 
+def merge(*raws: dict) -> dict:
+    """The samples of several ``measure`` runs as one (lists concatenated)."""
+    out = {"bandwidth_bytes_per_s": {}, "int8_macs_per_s": {}}
+    for raw in raws:
+        for t, v in raw["bandwidth_bytes_per_s"].items():
+            out["bandwidth_bytes_per_s"].setdefault(t, []).extend(v)
+        for k, by_t in raw["int8_macs_per_s"].items():
+            for t, v in by_t.items():
+                out["int8_macs_per_s"].setdefault(k, {}).setdefault(t, []).extend(v)
+    return out
+
+
 def summarize(raw: dict) -> dict:
     """Best-of for ceilings: a ceiling is what the machine can do, so noise only lowers it."""
     bw = {t: max(v) for t, v in raw["bandwidth_bytes_per_s"].items()}
