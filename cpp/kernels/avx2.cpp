@@ -38,23 +38,24 @@ template <int RW, int MA>
 inline void i8_micro(const int8_t* W, int K, const int8_t* X, int ldx,
                                                                 int32_t out[MA][RW]) {
     __m256i acc[RW][MA];
-    for (int r = 0; r < RW; ++r)
-        for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_si256();
+    WFRT_UNROLL for (int r = 0; r < RW; ++r)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_si256();
     const __m256i ones = _mm256_set1_epi16(1);
     int k = 0;
     for (; k + 32 <= K; k += 32) {
         __m256i x[MA];
-        for (int m = 0; m < MA; ++m) x[m] = _mm256_loadu_si256((const __m256i*)(X + (size_t)m * ldx + k));
-        for (int r = 0; r < RW; ++r) {
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) x[m] = _mm256_loadu_si256((const __m256i*)(X + (size_t)m * ldx + k));
+        WFRT_UNROLL for (int r = 0; r < RW; ++r) {
+            _mm_prefetch((const char*)(W + (size_t)r * K + k + kRowPrefetchBytes), _MM_HINT_T0);
             const __m256i w = _mm256_loadu_si256((const __m256i*)(W + (size_t)r * K + k));
             const __m256i aw = _mm256_abs_epi8(w);
-            for (int m = 0; m < MA; ++m)
+            WFRT_UNROLL for (int m = 0; m < MA; ++m)
                 acc[r][m] = _mm256_add_epi32(
                     acc[r][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x[m], w)), ones));
         }
     }
-    for (int r = 0; r < RW; ++r)
-        for (int m = 0; m < MA; ++m) {
+    WFRT_UNROLL for (int r = 0; r < RW; ++r)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) {
             int32_t s = hsum_epi32(acc[r][m]);
             for (int kk = k; kk < K; ++kk) s += W[(size_t)r * K + kk] * X[(size_t)m * ldx + kk];
             out[m][r] = s;
@@ -78,19 +79,20 @@ template <int RW, int MA>
 inline void f32_micro(const float* W, int K, const float* X, int ldx,
                                                                  float out[MA][RW]) {
     __m256 acc[RW][MA];
-    for (int r = 0; r < RW; ++r)
-        for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_ps();
+    WFRT_UNROLL for (int r = 0; r < RW; ++r)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_ps();
     int k = 0;
     for (; k + 8 <= K; k += 8) {
         __m256 x[MA];
-        for (int m = 0; m < MA; ++m) x[m] = _mm256_loadu_ps(X + (size_t)m * ldx + k);
-        for (int r = 0; r < RW; ++r) {
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) x[m] = _mm256_loadu_ps(X + (size_t)m * ldx + k);
+        WFRT_UNROLL for (int r = 0; r < RW; ++r) {
+            _mm_prefetch((const char*)(W + (size_t)r * K + k + kRowPrefetchBytes / 4), _MM_HINT_T0);
             const __m256 w = _mm256_loadu_ps(W + (size_t)r * K + k);
-            for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_fmadd_ps(w, x[m], acc[r][m]);
+            WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_fmadd_ps(w, x[m], acc[r][m]);
         }
     }
-    for (int r = 0; r < RW; ++r)
-        for (int m = 0; m < MA; ++m) {
+    WFRT_UNROLL for (int r = 0; r < RW; ++r)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) {
             float s = hsum_ps(acc[r][m]);
             for (int kk = k; kk < K; ++kk) s += W[(size_t)r * K + kk] * X[(size_t)m * ldx + kk];
             out[m][r] = s;

@@ -50,25 +50,26 @@ void ternary_gemm_avx512vnni(const uint8_t* W, int N, int K, const int8_t* X, in
 template <int RW, int MA>
 inline void i8_micro(const int8_t* W, int K, const int8_t* X, int ldx, int32_t out[][RW]) {
     __m512i acc[RW][MA], corr[RW];
-    for (int r = 0; r < RW; ++r) {
+    WFRT_UNROLL for (int r = 0; r < RW; ++r) {
         corr[r] = _mm512_setzero_si512();
-        for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_setzero_si512();
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_setzero_si512();
     }
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     for (int k = 0; k < K; k += 64) {
         const __mmask64 live = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
         __m512i xu[MA];
-        for (int m = 0; m < MA; ++m)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m)
             xu[m] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(live, X + (size_t)m * ldx + k), bias);
-        for (int r = 0; r < RW; ++r) {
+        WFRT_UNROLL for (int r = 0; r < RW; ++r) {
+            _mm_prefetch((const char*)(W + (size_t)r * K + k + kRowPrefetchBytes), _MM_HINT_T0);
             const __m512i w = _mm512_maskz_loadu_epi8(live, W + (size_t)r * K + k);
             corr[r] = _mm512_dpbusd_epi32(corr[r], bias, w);
-            for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], xu[m], w);
+            WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], xu[m], w);
         }
     }
-    for (int r = 0; r < RW; ++r) {
+    WFRT_UNROLL for (int r = 0; r < RW; ++r) {
         const int32_t c = _mm512_reduce_add_epi32(corr[r]);
-        for (int m = 0; m < MA; ++m) out[m][r] = _mm512_reduce_add_epi32(acc[r][m]) - c;
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) out[m][r] = _mm512_reduce_add_epi32(acc[r][m]) - c;
     }
 }
 
@@ -88,19 +89,20 @@ void i8_gemm_avx512vnni(const int8_t* W, int N, int K, const int8_t* X, int ldx,
 template <int RW, int MA>
 inline void f32_micro(const float* W, int K, const float* X, int ldx, float out[][RW]) {
     __m512 acc[RW][MA];
-    for (int r = 0; r < RW; ++r)
-        for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_setzero_ps();
+    WFRT_UNROLL for (int r = 0; r < RW; ++r)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_setzero_ps();
     for (int k = 0; k < K; k += 16) {
         const __mmask16 live = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
         __m512 x[MA];
-        for (int m = 0; m < MA; ++m) x[m] = _mm512_maskz_loadu_ps(live, X + (size_t)m * ldx + k);
-        for (int r = 0; r < RW; ++r) {
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) x[m] = _mm512_maskz_loadu_ps(live, X + (size_t)m * ldx + k);
+        WFRT_UNROLL for (int r = 0; r < RW; ++r) {
+            _mm_prefetch((const char*)(W + (size_t)r * K + k + kRowPrefetchBytes / 4), _MM_HINT_T0);
             const __m512 w = _mm512_maskz_loadu_ps(live, W + (size_t)r * K + k);
-            for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_fmadd_ps(w, x[m], acc[r][m]);
+            WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm512_fmadd_ps(w, x[m], acc[r][m]);
         }
     }
-    for (int r = 0; r < RW; ++r)
-        for (int m = 0; m < MA; ++m) out[m][r] = _mm512_reduce_add_ps(acc[r][m]);
+    WFRT_UNROLL for (int r = 0; r < RW; ++r)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) out[m][r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
 template <int RW, int MA>

@@ -10,6 +10,10 @@
 #define WFRT_X86_KERNELS 0
 #endif
 
+// Loops over register-tile dimensions must unroll completely, or GCC keeps the accumulator arrays
+// in memory instead of registers.
+#define WFRT_UNROLL _Pragma("GCC unroll 32")
+
 namespace wfrt {
 
 extern const KernelTable kGenericKernels;

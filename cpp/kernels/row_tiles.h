@@ -1,6 +1,10 @@
 // Loop nest for row-major weights (int8 LM head, fp32): Kernel<RW, MA>::call computes RW weight
 // rows against MA activation rows over all of K. Include inside an ISA file's anonymous namespace.
 
+// Rows are read RW at a time, so each micro kernel walks one contiguous block of RW * K bytes;
+// prefetching every row this far ahead keeps DRAM streaming (8 KiB, as for the ternary tiles).
+constexpr size_t kRowPrefetchBytes = 8192;
+
 // Rows of W in groups of RW for activation rows in groups of MA (tails use smaller instances),
 // over bands of weight rows (~256 KiB) that stay in L2 while every activation row passes.
 template <int RW, int MA, class Micro>

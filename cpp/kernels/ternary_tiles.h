@@ -19,7 +19,7 @@ constexpr int kPrefetchChunks = 128;
 
 template <int RT>
 inline void prefetch_tiles(const uint8_t* W, size_t tile_bytes, int g) {
-    for (int r = 0; r < RT; ++r) _mm_prefetch((const char*)(W + r * tile_bytes + (size_t)(g + kPrefetchChunks) * 64), _MM_HINT_T0);
+    WFRT_UNROLL for (int r = 0; r < RT; ++r) _mm_prefetch((const char*)(W + r * tile_bytes + (size_t)(g + kPrefetchChunks) * 64), _MM_HINT_T0);
 }
 
 // Y tile for MA activation rows x RT row tiles of 16 rows, over all of K.
@@ -30,31 +30,31 @@ inline void ternary_micro(const uint8_t* W, size_t tile_bytes, int Kp, const int
     using V = typename T::V;
     constexpr int NV = RT * T::kVecsPerTile;
     V tot[MA][NV];
-    for (int m = 0; m < MA; ++m)
-        for (int v = 0; v < NV; ++v) tot[m][v] = T::zero();
+    WFRT_UNROLL for (int m = 0; m < MA; ++m)
+        WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[m][v] = T::zero();
     for (int kb = 0; kb < Kp; kb += kTernaryKBlock) {
         V blk[MA][NV];
-        for (int m = 0; m < MA; ++m)
-            for (int v = 0; v < NV; ++v) blk[m][v] = T::kWidens ? T::zero() : tot[m][v];
+        WFRT_UNROLL for (int m = 0; m < MA; ++m)
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[m][v] = T::kWidens ? T::zero() : tot[m][v];
         for (int g = kb / 16; g < (kb + kTernaryKBlock) / 16; ++g) {
             prefetch_tiles<RT>(W, tile_bytes, g);
             V raw[NV];
-            for (int v = 0; v < NV; ++v)
+            WFRT_UNROLL for (int v = 0; v < NV; ++v)
                 raw[v] = T::load(W + (v / T::kVecsPerTile) * tile_bytes + (size_t)g * 64, v % T::kVecsPerTile);
-            for (int s = 0; s < 4; ++s) {
+            WFRT_UNROLL for (int s = 0; s < 4; ++s) {
                 V w[NV];
-                for (int v = 0; v < NV; ++v) w[v] = T::codes(raw[v], s);
-                for (int m = 0; m < MA; ++m) {
+                WFRT_UNROLL for (int v = 0; v < NV; ++v) w[v] = T::codes(raw[v], s);
+                WFRT_UNROLL for (int m = 0; m < MA; ++m) {
                     V xb = T::bcast(X + (size_t)m * ldx + g * 16 + s * 4);
-                    for (int v = 0; v < NV; ++v) blk[m][v] = T::dot(blk[m][v], w[v], xb);
+                    WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[m][v] = T::dot(blk[m][v], w[v], xb);
                 }
             }
         }
-        for (int m = 0; m < MA; ++m)
-            for (int v = 0; v < NV; ++v) tot[m][v] = T::kWidens ? T::add32(tot[m][v], T::widen(blk[m][v])) : blk[m][v];
+        WFRT_UNROLL for (int m = 0; m < MA; ++m)
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[m][v] = T::kWidens ? T::add32(tot[m][v], T::widen(blk[m][v])) : blk[m][v];
     }
-    for (int m = 0; m < MA; ++m)
-        for (int v = 0; v < NV; ++v) T::store(out + m * RT * 16 + v * T::kLanes, tot[m][v]);
+    WFRT_UNROLL for (int m = 0; m < MA; ++m)
+        WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(out + m * RT * 16 + v * T::kLanes, tot[m][v]);
 }
 
 // One activation row: memory-bound, so the loop keeps a separate accumulator per shift group
@@ -65,25 +65,25 @@ inline void ternary_gemv_micro(const uint8_t* W, size_t tile_bytes, int Kp, cons
     using V = typename T::V;
     constexpr int NV = RT * T::kVecsPerTile;
     V tot[NV];
-    for (int v = 0; v < NV; ++v) tot[v] = T::zero();
+    WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[v] = T::zero();
     for (int kb = 0; kb < Kp; kb += kTernaryKBlock) {
         V part[4][NV];
-        for (int s = 0; s < 4; ++s)
-            for (int v = 0; v < NV; ++v) part[s][v] = T::zero();
+        WFRT_UNROLL for (int s = 0; s < 4; ++s)
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) part[s][v] = T::zero();
         for (int g = kb / 16; g < (kb + kTernaryKBlock) / 16; ++g) {
             prefetch_tiles<RT>(W, tile_bytes, g);
             V raw[NV];
-            for (int v = 0; v < NV; ++v)
+            WFRT_UNROLL for (int v = 0; v < NV; ++v)
                 raw[v] = T::load(W + (v / T::kVecsPerTile) * tile_bytes + (size_t)g * 64, v % T::kVecsPerTile);
-            for (int s = 0; s < 4; ++s) {
+            WFRT_UNROLL for (int s = 0; s < 4; ++s) {
                 const V xb = T::bcast(X + g * 16 + s * 4);
-                for (int v = 0; v < NV; ++v) part[s][v] = T::dot(part[s][v], T::codes(raw[v], s), xb);
+                WFRT_UNROLL for (int v = 0; v < NV; ++v) part[s][v] = T::dot(part[s][v], T::codes(raw[v], s), xb);
             }
         }
-        for (int v = 0; v < NV; ++v)
-            for (int s = 0; s < 4; ++s) tot[v] = T::add32(tot[v], T::widen(part[s][v]));
+        WFRT_UNROLL for (int v = 0; v < NV; ++v)
+            WFRT_UNROLL for (int s = 0; s < 4; ++s) tot[v] = T::add32(tot[v], T::widen(part[s][v]));
     }
-    for (int v = 0; v < NV; ++v) T::store(out + v * T::kLanes, tot[v]);
+    WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(out + v * T::kLanes, tot[v]);
 }
 
 // Runs the micro kernel for `ma` (1..MA) activation rows: the tail of M uses a smaller instance.
