@@ -1,6 +1,9 @@
 """Load time and resident memory of one model file, measured in a fresh process.
 
-    python -m bench.probe wfrt|gguf PATH THREADS     -> one JSON line on stdout
+    python -m bench.probe ours|gguf PATH THREADS     -> one JSON line on stdout
+
+``ours`` opens anything ``wrinklefree_rt.formats.load_model_dir`` reads (a converted ``.wfrt``
+directory, a HF checkpoint); ``gguf`` opens a GGUF with llama.cpp.
 
 Times the load (file open to a ready engine, imports excluded), then one decode step (which
 touches every weight page of a memory-mapped file), reading VmRSS/VmHWM after each. The page
@@ -23,7 +26,7 @@ def _mem_mib() -> dict:
     return out
 
 
-def probe_wfrt(path: str, threads: int) -> dict:
+def probe_ours(path: str, threads: int) -> dict:
     from wrinklefree_rt._core import BitNetBatchEngine
     from wrinklefree_rt.formats import load_model_dir
 
@@ -31,6 +34,7 @@ def probe_wfrt(path: str, threads: int) -> dict:
     t0 = time.perf_counter()
     cfg, tensors = load_model_dir(path)
     eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=1, kv_pages=1)
+    del tensors  # as Engine.from_pretrained does: whatever the engine still needs, it holds
     load_s = time.perf_counter() - t0
     loaded = _mem_mib()
     slot = eng.alloc_sequence(1)
@@ -55,10 +59,10 @@ def probe_gguf(path: str, threads: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 3 or argv[0] not in ("wfrt", "gguf"):
+    if len(argv) != 3 or argv[0] not in ("ours", "gguf"):
         raise SystemExit(__doc__)
     kind, path, threads = argv[0], argv[1], int(argv[2])
-    result = (probe_wfrt if kind == "wfrt" else probe_gguf)(path, threads)
+    result = (probe_ours if kind == "ours" else probe_gguf)(path, threads)
     print(json.dumps(result))
 
 

@@ -175,7 +175,10 @@ def run(args: argparse.Namespace) -> dict:
 
     # Load/resident memory first, each in a fresh process, before this one holds anything.
     print("load time and resident memory per format...", file=sys.stderr)
-    report["load"] = {f"{OURS} .wfrt": _probe("wfrt", wfrt, threads)}
+    report["load"] = {f"{OURS} .wfrt (converted)": _probe("ours", wfrt, threads)}
+    if not quick:
+        report["load"][f"{OURS} HF offline safetensors"] = _probe(
+            "ours", artifacts.hf_offline_dir(shape, args.seed), threads)
     for q, path in ggufs.items():
         report["load"][PEER_NAMES[q]] = _probe("gguf", path, threads)
 
