@@ -76,7 +76,7 @@ def test_config_real_2b4t_shape():
                               quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
                                                    "quantization_mode": "offline"}))
     assert (c.head_dim, c.eos_token_ids, c.tie_word_embeddings) == (128, (128001, 128009), True)
-    assert c.is_offline_packed and c.quantization.linear_class == "bitlinear"
+    assert c.quantization.quantization_mode == "offline" and c.quantization.linear_class == "bitlinear"
 
 
 def test_config_dlm_fields(tmp_path):
@@ -127,9 +127,10 @@ def test_config_missing_required_and_bad_json():
 
 
 def test_config_json_round_trip():
-    c = parse_config(cfg_with(eos_token_id=[1, 2], mask_token_id=5, bd_size=8,
+    c = parse_config(cfg_with(eos_token_id=[1, 2], mask_token_id=5, bd_size=8, shift=False,
                               quantization_config=quantization_config()))
     assert ModelConfig.from_json(c.to_json()) == c
+    assert parse_config(json.dumps(c.to_hf_dict())) == c  # a config.json we write reads back equal
 
 
 # ---------------------------------------------------------------- quantizer and HF packing

@@ -80,6 +80,19 @@ def test_convert_dir_copies_side_files_and_reports_progress(hf_dir, tmp_path):
     assert t["embed_tokens"].base is not None and "lm_head_i8" in t
 
 
+def test_reconvert_and_refuse_foreign_tensors(packed, tmp_path):
+    again = convert(packed, tmp_path / "again.wfrt")
+    _, t0 = load_packed(packed)
+    _, t1 = load_packed(again)
+    assert t0.keys() == t1.keys()
+    for name in t0:
+        a, b = (t0[name].data, t1[name].data) if isinstance(t0[name], TernaryWeight) else (t0[name], t1[name])
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    cfg, t = load_packed(packed)
+    with pytest.raises(ValueError, match="'layers.9.q_proj' is not a canonical tensor"):
+        write_packed(tmp_path / "x.wfrt", cfg, [*t.items(), ("layers.9.q_proj", t["layers.0.q_proj"])])
+
+
 def test_convert_cli_errors(tmp_path, capsys):
     assert main(["-q", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
     assert "no such file or directory" in capsys.readouterr().err

@@ -110,9 +110,12 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     shift: bool | None = None
     quantization: QuantizationConfig | None = None
 
-    @property
-    def is_offline_packed(self) -> bool:
-        return self.quantization is not None and self.quantization.quantization_mode == "offline"
+    def to_hf_dict(self) -> dict[str, Any]:
+        """This config as a HF ``config.json`` object (``parse_config`` reads it back equal)."""
+        d = msgspec.to_builtins(self)
+        d["eos_token_id"] = d.pop("eos_token_ids")
+        d["quantization_config"] = d.pop("quantization")
+        return {k: v for k, v in d.items() if v is not None}
 
     def validate(self, source: str = "<config>") -> None:
         """Check the relations between fields (raises ``ModelFormatError`` naming ``source``)."""

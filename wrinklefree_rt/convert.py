@@ -1,4 +1,4 @@
-"""``wrinklefree-rt convert SRC DST``: a HF or GGUF checkpoint -> the runtime's own packed format.
+"""``wrinklefree-rt convert SRC DST``: any checkpoint this runtime reads -> its own packed format.
 
 DST is a directory (it receives ``model.wfrt`` plus SRC's tokenizer and config files, so it is
 a complete model directory for ``Engine.from_pretrained``) or a path ending in ``.wfrt``
@@ -58,8 +58,8 @@ class _Progress:
 
 
 def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = None) -> Path:
-    """Convert ``src`` (a HF model directory or a BitNet GGUF file); returns the path of the
-    written ``.wfrt`` file."""
+    """Convert ``src`` (anything ``load_model_dir`` reads); returns the path of the written
+    ``.wfrt`` file."""
     src, dst = Path(src), Path(dst)
     cfg, tensors = open_model(src)
     if dst.suffix == ".wfrt":
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="wrinklefree-rt convert",
         description="Convert a BitNet checkpoint to the runtime's packed format.")
     parser.add_argument("src", help="HF model directory (config.json + model.safetensors or a sharded "
-                                    "index, online or offline) or a BitNet GGUF file")
+                                    "index, online or offline), a BitNet GGUF file or a SGLBITNT .bin")
     parser.add_argument("dst", help="output directory (gets model.wfrt + tokenizer files) or a .wfrt file")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -46,6 +46,7 @@ _PREFIX = struct.Struct("<8sIIQ")
 _CRC = struct.Struct("<I")
 _ITEMSIZE = {"f32": 4, "i8": 1}
 _NP = {"f32": np.dtype("<f4"), "i8": np.dtype("i1"), "ternary": np.dtype("u1")}
+_DERIVED = ("lm_head_i8", "lm_head_i8.scales")
 
 
 class _Entry(msgspec.Struct, kw_only=True):
@@ -107,9 +108,14 @@ def write_packed(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tu
     LM head is added. ``progress(name, bytes)`` is called after each tensor is prepared. The file
     appears atomically (written to ``path + '.tmp'`` then renamed)."""
     core = _core()
+    known = canonical_names(cfg)
     prepared: list[tuple[str, str, list[int], np.ndarray, float | None]] = []
     head_src = None
     for name, t in tensors:
+        if name in _DERIVED:
+            continue  # re-converting a .wfrt: the int8 head is derived again below
+        if name not in known:
+            raise ValueError(f"tensor {name!r} is not a canonical tensor of this model")
         kind, shape, data, scale = _as_entry_data(name, t, core)
         prepared.append((name, kind, shape, data, scale))
         if name == "lm_head" or (name == "embed_tokens" and cfg.tie_word_embeddings):
