@@ -316,3 +316,31 @@ async def test_failing_request_fails_alone(engine, model, monkeypatch):
     assert "10000" in str(results["bad"])
     for (p, sp, d), out in zip(good, results["others"]):
         assert out.token_ids == ref(model, p, sp, d)
+
+
+@pytest.mark.anyio
+async def test_requests_wait_for_slots_and_pages(model_dir, model):
+    # 2 slots and 4 pages of 32 positions: each request below needs 2 pages (up to 64 positions),
+    # so at most two run at once and the rest wait (FCFS) instead of failing.
+    engine = Engine.from_pretrained(model_dir, lm_head="fp32", max_num_seqs=2, kv_cache_tokens=128)
+    reqs = [(prompt(10 + i, seed=50 + i), SamplingParams(max_tokens=30, ignore_eos=True),
+             dlm(8, 4, 0.5) if i % 2 else None) for i in range(6)]
+    peak = {"running": 0, "waiting": 0}
+    results = {}
+
+    async def watch():
+        while "others" not in results:
+            s = engine.stats()
+            peak["running"] = max(peak["running"], s.running)
+            peak["waiting"] = max(peak["waiting"], s.waiting)
+            assert s.kv_pages_used <= 4
+            await anyio.sleep(0.0005)
+
+    async with engine:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await _collect(engine, reqs, results)
+        assert_idle(engine)
+    assert peak["running"] == 2 and peak["waiting"] >= 3
+    for (p, sp, d), out in zip(reqs, results["others"]):
+        assert out.token_ids == ref(model, p, sp, d)
