@@ -56,6 +56,7 @@ def test_config_rope_theta_locations():
         parse_config(cfg_with(rope_parameters={"rope_type": "llama3", "rope_theta": 1.0}))
     with pytest.raises(ModelFormatError, match=r"rope_scaling\.rope_type"):
         parse_config(cfg_with(rope_scaling={"type": "linear", "factor": 2.0}))
+    assert parse_config(cfg_with(rope_scaling={"type": "linear", "factor": 1.0})).rope_theta == 500000.0
     with pytest.raises(ModelFormatError, match="rope_theta"):
         parse_config(cfg_with(rope_theta=-1.0))
 

@@ -49,6 +49,7 @@ class _RopeParameters(msgspec.Struct, kw_only=True):
     rope_theta: float | None = None
     rope_type: str | None = None
     type: str | None = None  # older spelling of rope_type
+    factor: float | None = None
 
 
 class _HFConfig(msgspec.Struct, kw_only=True):
@@ -159,16 +160,17 @@ def _require(raw: _HFConfig, name: str, source: str, lo: int, hi: int) -> int:
 
 
 def _rope_theta(raw: _HFConfig, source: str) -> float:
-    params = raw.rope_parameters
     for key, block in (("rope_parameters", raw.rope_parameters), ("rope_scaling", raw.rope_scaling)):
         if block is None:
             continue
         kind = block.rope_type or block.type or "default"
-        if kind != "default":
+        # linear scaling by 1 (what BitNet GGUF converters write) is plain RoPE
+        if kind != "default" and not (kind == "linear" and block.factor in (None, 1.0)):
             raise _field_error(source, f"{key}.rope_type",
                                f"{kind!r} is not supported (only plain RoPE, 'default')")
-    theta = params.rope_theta if params is not None and params.rope_theta is not None else raw.rope_theta
-    where = "rope_parameters.rope_theta" if params is not None and params.rope_theta is not None else "rope_theta"
+    nested = raw.rope_parameters is not None and raw.rope_parameters.rope_theta is not None
+    theta = raw.rope_parameters.rope_theta if nested else raw.rope_theta
+    where = "rope_parameters.rope_theta" if nested else "rope_theta"
     if theta is None:
         return _HF_DEFAULT_ROPE_THETA
     if not (math.isfinite(theta) and theta > 0):
