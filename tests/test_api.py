@@ -173,6 +173,24 @@ def test_sync_api_from_threads(text_model_dir):
 
 
 @pytest.mark.anyio
+async def test_sync_api_from_a_thread_joins_the_running_loop(engine):
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    async with engine:
+        direct = await engine.generate("shared loop", params)
+        # A plain thread's blocking call is served by the engine already running here.
+        outs = await anyio.to_thread.run_sync(engine.generate_batch, ["shared loop"], params)
+    assert outs[0].token_ids == direct.token_ids
+
+
+@pytest.mark.anyio
+async def test_body_exception_is_not_wrapped(engine):
+    with pytest.raises(KeyError, match="mine"):
+        async with engine:
+            raise KeyError("mine")
+    assert engine.stats().running == 0
+
+
+@pytest.mark.anyio
 async def test_sync_api_refuses_inside_the_event_loop(engine):
     async with engine:
         with pytest.raises(RuntimeError, match="event loop"):
