@@ -41,7 +41,8 @@ def absmean_quantize(w: np.ndarray) -> tuple[np.ndarray, float]:
     """
     w32 = np.asarray(w, dtype=np.float32)
     tmp = np.abs(w32)  # one scratch buffer, reused in place below (2B-scale loads are memory-bound)
-    mean = float(np.add.reduce(tmp, axis=None, dtype=np.float64)) / max(w32.size, 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite input is reported below
+        mean = float(np.add.reduce(tmp, axis=None, dtype=np.float64)) / max(w32.size, 1)
     if not np.isfinite(mean):
         raise ValueError("contains NaN or inf (the absmean scale is not finite)")
     s = np.float32(max(mean, 1e-5))
