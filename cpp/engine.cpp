@@ -80,7 +80,7 @@ struct BitNetBatchEngine::Impl {
     std::atomic<int> pages_free{0}, slots_free{0};
 
     // Step workspace (grow-only).
-    std::vector<float> x, a_norm, q, k, v, o, tmp, gate, up, scores, xo, logits, qa;
+    std::vector<float> x, a_norm, q, k, v, o, gate, up, scores, xo, logits, qa;
     std::vector<int8_t> xq;
     std::vector<int32_t> y32, xsum, chosen;
     std::vector<int> step_hw;
@@ -201,7 +201,6 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
     float* Kb = grow(k, static_cast<size_t>(M) * KD);
     float* Vb = grow(v, static_cast<size_t>(M) * KD);
     float* Ob = grow(o, static_cast<size_t>(M) * QD);
-    float* T = grow(tmp, static_cast<size_t>(M) * H);
     float* G = grow(gate, static_cast<size_t>(M) * I);
     float* U = grow(up, static_cast<size_t>(M) * I);
     int8_t* XQ = grow(xq, static_cast<size_t>(std::max(M, 1)) * Kmax);
@@ -216,8 +215,7 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
         if (cancelled.load(std::memory_order_relaxed)) throw StepCancelled("step cancelled before layer " + std::to_string(l));
         const LayerWeights& L = model.layers[l];
 
-        rms_norm_rows(X, L.input_norm.data(), M, H, eps, A);
-        quantize_rows(comp, A, M, H, XQ, QA, XS);
+        norm_quantize_rows(comp, X, nullptr, L.input_norm.data(), M, H, eps, A, XQ, QA, XS);
         {
             const TernaryMatrix* mats[] = {&L.q, &L.k, &L.v};
             float* outs[] = {Qb, Kb, Vb};
@@ -232,34 +230,25 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
         });
         attention(l, in);
 
-        rms_norm_rows(Ob, L.attn_sub_norm.data(), M, QD, eps, A);
-        quantize_rows(comp, A, M, QD, XQ, QA, XS);
+        norm_quantize_rows(comp, Ob, nullptr, L.attn_sub_norm.data(), M, QD, eps, A, XQ, QA, XS);
         {
             const TernaryMatrix* mats[] = {&L.o};
-            float* outs[] = {T};
-            bitlinear(comp, mats, outs, 1, XQ, QA, XS, M, Y32);
+            float* outs[] = {X};
+            bitlinear(comp, mats, outs, 1, XQ, QA, XS, M, Y32, /*accumulate=*/true);
         }
-        for (size_t e = 0; e < static_cast<size_t>(M) * H; ++e) X[e] += T[e];
 
-        rms_norm_rows(X, L.post_attn_norm.data(), M, H, eps, A);
-        quantize_rows(comp, A, M, H, XQ, QA, XS);
+        norm_quantize_rows(comp, X, nullptr, L.post_attn_norm.data(), M, H, eps, A, XQ, QA, XS);
         {
             const TernaryMatrix* mats[] = {&L.gate, &L.up};
             float* outs[] = {G, U};
             bitlinear(comp, mats, outs, 2, XQ, QA, XS, M, Y32);
         }
-        for (size_t e = 0; e < static_cast<size_t>(M) * I; ++e) {
-            const float r = G[e] > 0.0f ? G[e] : 0.0f;
-            G[e] = r * r * U[e];
-        }
-        rms_norm_rows(G, L.ffn_sub_norm.data(), M, I, eps, A);
-        quantize_rows(comp, A, M, I, XQ, QA, XS);
+        norm_quantize_rows(comp, G, U, L.ffn_sub_norm.data(), M, I, eps, A, XQ, QA, XS);
         {
             const TernaryMatrix* mats[] = {&L.down};
-            float* outs[] = {T};
-            bitlinear(comp, mats, outs, 1, XQ, QA, XS, M, Y32);
+            float* outs[] = {X};
+            bitlinear(comp, mats, outs, 1, XQ, QA, XS, M, Y32, /*accumulate=*/true);
         }
-        for (size_t e = 0; e < static_cast<size_t>(M) * H; ++e) X[e] += T[e];
     }
 
     const int n_out = in.n_out;

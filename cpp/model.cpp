@@ -237,20 +237,26 @@ void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, floa
     }
 }
 
-void quantize_rows(const Compute& c, const float* x, int M, int K, int8_t* xq, float* a, int32_t* xsum) {
+void norm_quantize_rows(const Compute& c, float* x, const float* up, const float* w, int M, int K, float eps,
+                        float* normed, int8_t* xq, float* a, int32_t* xsum) {
     const int Kp = ternary_padded_k(K);
-    auto one = [&](int m, int) {
-        c.k->quantize_row_i8(x + static_cast<size_t>(m) * K, K, Kp, xq + static_cast<size_t>(m) * Kp, a + m, xsum + m);
-    };
-    if (M >= 8) {
-        c.pool->parallel_for(M, one);
-    } else {
-        for (int m = 0; m < M; ++m) one(m, 0);
-    }
+    c.pool->parallel_for(M, [&](int m, int) {
+        float* xr = x + static_cast<size_t>(m) * K;
+        if (up) {
+            const float* ur = up + static_cast<size_t>(m) * K;
+            for (int k = 0; k < K; ++k) {
+                const float r = xr[k] > 0.0f ? xr[k] : 0.0f;
+                xr[k] = r * r * ur[k];
+            }
+        }
+        float* nr = normed + static_cast<size_t>(m) * K;
+        rms_norm_rows(xr, w, 1, K, eps, nr);
+        c.k->quantize_row_i8(nr, K, Kp, xq + static_cast<size_t>(m) * Kp, a + m, xsum + m);
+    });
 }
 
 void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
-               const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32) {
+               const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32, bool accumulate) {
     for (int i = 0; i < n_mats; ++i) {
         const TernaryMatrix& W = *mats[i];
         const int Kp = ternary_padded_k(W.K);
@@ -264,7 +270,11 @@ void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const*
                 const int32_t s = xsum[m];
                 const int32_t* yi = y32 + static_cast<size_t>(m) * W.N;
                 float* yo = Y + static_cast<size_t>(m) * W.N;
-                for (int n = n0; n < n1; ++n) yo[n] = static_cast<float>(yi[n] - s) * mul;
+                if (accumulate) {
+                    for (int n = n0; n < n1; ++n) yo[n] += static_cast<float>(yi[n] - s) * mul;
+                } else {
+                    for (int n = n0; n < n1; ++n) yo[n] = static_cast<float>(yi[n] - s) * mul;
+                }
             }
         });
     }

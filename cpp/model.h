@@ -73,13 +73,17 @@ void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, 
 // Row-wise RMSNorm in fp32: out = x * rsqrt(mean(x^2) + eps) * w.  x, out: M rows of n (ld n).
 void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, float* out);
 
-// Per-row int8 activations for the ternary GEMM: xq (M x ternary_padded_k(K)), scale a, sum x_q.
-void quantize_rows(const Compute& c, const float* x, int M, int K, int8_t* xq, float* a, int32_t* xsum);
+// The input of a BitLinear, row by row (parallel over rows): RMSNorm with weight w into `normed`
+// (M x K scratch), then per-row int8 activations xq (M x ternary_padded_k(K)), scale a, sum x_q.
+// With `up`, the input is relu(x)^2 * up (the FFN's gate), written back into x first.
+void norm_quantize_rows(const Compute& c, float* x, const float* up, const float* w, int M, int K, float eps,
+                        float* normed, int8_t* xq, float* a, int32_t* xsum);
 
 // y = (sum u*x_q - sum x_q) * s / a for each matrix in `mats`, sharing one quantized input.
-// Y32 is scratch of M * max N int32. Outputs: outs[i] is M x mats[i]->N floats (ld N).
+// Y32 is scratch of M * max N int32. outs[i] is M x mats[i]->N floats (ld N), overwritten, or
+// added to when `accumulate` (the residual stream).
 void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
-               const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32);
+               const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32, bool accumulate = false);
 
 // NeoX (rotate-half) RoPE in place on `n_heads` heads of one row at position `pos`.
 void rope_row(float* v, int n_heads, int head_dim, const float* inv_freq, int pos);

@@ -42,17 +42,21 @@ ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lock(mu_);
         stop_ = true;
-        generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::run_tasks(int thread_index) {
+void ThreadPool::run_tasks(const Job& job, int thread_index) {
+    uint64_t cur = claim_.load(std::memory_order_acquire);
     for (;;) {
-        int task = next_task_.fetch_add(1, std::memory_order_relaxed);
-        if (task >= n_tasks_) break;
-        fn_(ctx_, task, thread_index);
+        if (static_cast<unsigned>(cur >> 32) != job.generation) return;
+        const int task = static_cast<int>(cur & 0xffffffffu);
+        if (task >= job.n_tasks) return;
+        if (!claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
+        job.fn(job.ctx, task, thread_index);
+        done_.fetch_add(1, std::memory_order_acq_rel);
+        cur = claim_.load(std::memory_order_acquire);
     }
 }
 
@@ -62,18 +66,18 @@ void ThreadPool::run(int n_tasks, TaskFn fn, void* ctx) {
         for (int t = 0; t < n_tasks; ++t) fn(ctx, t, 0);
         return;
     }
+    Job job;
     {
         std::lock_guard<std::mutex> lock(mu_);
-        fn_ = fn;
-        ctx_ = ctx;
-        n_tasks_ = n_tasks;
-        next_task_.store(0, std::memory_order_relaxed);
-        busy_.store(n_threads_ - 1, std::memory_order_relaxed);
-        generation_.fetch_add(1, std::memory_order_release);
+        job = Job{job_.generation + 1, n_tasks, fn, ctx};
+        job_ = job;
+        done_.store(0, std::memory_order_relaxed);
+        claim_.store(static_cast<uint64_t>(job.generation) << 32, std::memory_order_release);
+        generation_.store(job.generation, std::memory_order_release);
     }
     wake_.notify_all();
-    run_tasks(0);
-    while (busy_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    run_tasks(job, 0);
+    while (done_.load(std::memory_order_acquire) != n_tasks) std::this_thread::yield();
 }
 
 void ThreadPool::worker(int thread_index) {
@@ -85,17 +89,15 @@ void ThreadPool::worker(int thread_index) {
             __builtin_ia32_pause();
 #endif
         }
-        if (generation_.load(std::memory_order_acquire) == seen) {
-            std::unique_lock<std::mutex> lock(mu_);
-            wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-        }
+        Job job;
         {
-            std::lock_guard<std::mutex> lock(mu_);
-            seen = generation_.load(std::memory_order_acquire);
+            std::unique_lock<std::mutex> lock(mu_);
+            wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
             if (stop_) return;
+            job = job_;
         }
-        run_tasks(thread_index);
-        busy_.fetch_sub(1, std::memory_order_acq_rel);
+        seen = job.generation;
+        run_tasks(job, thread_index);
     }
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <type_traits>
 #include <mutex>
 #include <thread>
@@ -39,19 +40,26 @@ public:
 private:
     using TaskFn = void (*)(void*, int, int);
     void run(int n_tasks, TaskFn fn, void* ctx);
+    // What one parallel_for hands out; workers copy it under the mutex.
+    struct Job {
+        unsigned generation = 0;
+        int n_tasks = 0;
+        TaskFn fn = nullptr;
+        void* ctx = nullptr;
+    };
     void worker(int thread_index);
-    void run_tasks(int thread_index);
+    void run_tasks(const Job& job, int thread_index);
 
     int n_threads_;
     std::vector<std::thread> workers_;
     std::mutex mu_;
     std::condition_variable wake_;
     std::atomic<unsigned> generation_{0};
-    std::atomic<int> next_task_{0};
-    std::atomic<int> busy_{0};
-    int n_tasks_ = 0;
-    TaskFn fn_ = nullptr;
-    void* ctx_ = nullptr;
+    Job job_;                            // guarded by mu_
+    // (generation << 32) | next task index: a worker that wakes late for an old loop cannot
+    // claim a task of the next one, so the caller never waits for a descheduled idle worker.
+    std::atomic<uint64_t> claim_{0};
+    std::atomic<int> done_{0};
     bool stop_ = false;
 };
 

@@ -77,6 +77,18 @@ def main():
     print(f"AR decode: {args.tokens} tokens, median {steady * 1e3:.1f} ms/token = {1 / steady:.2f} tok/s "
           f"(mean {len(times) / sum(times):.2f} tok/s)")
 
+    # A DLM-style step: one 32-position block, every row asking for argmax + probability.
+    block = eng.alloc_sequence(32)
+    eng.reserve(block, 64)
+    eng.step(np.full(32, block), np.arange(32), prompt.repeat(2), [31])
+    times = []
+    for _ in range(3):
+        s = time.perf_counter()
+        eng.step(np.full(32, block), np.arange(32, 64), np.full(32, 7), np.arange(32), exclude=0)
+        times.append(time.perf_counter() - s)
+    print(f"block step (32 rows, 32 argmax outputs): median {np.median(times) * 1e3:.0f} ms "
+          f"= {32 / np.median(times):.1f} rows/s")
+
 
 if __name__ == "__main__":
     main()
