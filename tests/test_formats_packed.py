@@ -89,8 +89,18 @@ def test_reconvert_and_refuse_foreign_tensors(packed, tmp_path):
         a, b = (t0[name].data, t1[name].data) if isinstance(t0[name], TernaryWeight) else (t0[name], t1[name])
         np.testing.assert_array_equal(a, b, err_msg=name)
     cfg, t = load_packed(packed)
-    with pytest.raises(ValueError, match="'layers.9.q_proj' is not a canonical tensor"):
-        write_packed(tmp_path / "x.wfrt", cfg, [*t.items(), ("layers.9.q_proj", t["layers.0.q_proj"])])
+    items = list(t.items())
+    for bad, problem in [
+        ([*items, ("layers.9.q_proj", t["layers.0.q_proj"])], "'layers.9.q_proj' is not a canonical tensor"),
+        ([*items, items[0]], "'embed_tokens' given twice"),
+        ([i for i in items if i[0] != "layers.1.up_proj"], "'layers.1.up_proj' missing"),
+        ([(n, t["norm"][:-1] if n == "norm" else v) for n, v in items], r"'norm': expected float32 \(64,\)"),
+        ([(n, t["layers.0.k_proj"] if n == "layers.0.q_proj" else v) for n, v in items],
+         r"'layers.0.q_proj': expected a \(64, 64\) TernaryWeight"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            write_packed(tmp_path / "x.wfrt", cfg, bad)
+        assert list(tmp_path.glob("x.wfrt*")) == []  # no partial file left behind
 
 
 def test_convert_cli_errors(tmp_path, capsys):

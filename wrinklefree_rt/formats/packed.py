@@ -44,7 +44,6 @@ PACKED_FILE = "model.wfrt"  # the file name inside a converted model directory
 _ALIGN = 64
 _PREFIX = struct.Struct("<8sIIQ")
 _CRC = struct.Struct("<I")
-_ITEMSIZE = {"f32": 4, "i8": 1}
 _NP = {"f32": np.dtype("<f4"), "i8": np.dtype("i1"), "ternary": np.dtype("u1")}
 _DERIVED = ("lm_head_i8", "lm_head_i8.scales")
 
@@ -90,73 +89,110 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _as_entry_data(name: str, t: Tensor, core) -> tuple[str, list[int], np.ndarray, float | None]:
-    if isinstance(t, TernaryWeight):
+def _plan(cfg: ModelConfig, core) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """Every tensor a file of ``cfg`` holds, in file order: name -> (dtype, shape, nbytes)."""
+    plan = {}
+    for name, shape in canonical_names(cfg).items():
+        if name.rsplit(".", 1)[-1] in LINEAR_NAMES:
+            plan[name] = ("ternary", shape, core.ternary_packed_bytes(*shape))
+        else:
+            plan[name] = ("f32", shape, 4 * math.prod(shape))
+    v, h = cfg.vocab_size, cfg.hidden_size
+    plan["lm_head_i8"] = ("i8", (v, h), v * h)
+    plan["lm_head_i8.scales"] = ("f32", (v,), 4 * v)
+    return plan
+
+
+def _entry_data(name: str, t: Tensor, want: tuple[str, tuple[int, ...], int], core) -> np.ndarray:
+    """The bytes to store for ``t``, checked against the plan (``ValueError`` naming ``name``)."""
+    kind, shape, nbytes = want
+    if kind == "ternary":
+        if not isinstance(t, TernaryWeight) or tuple(t.shape) != shape:
+            raise ValueError(f"tensor {name!r}: expected a {shape} TernaryWeight, got {type(t).__name__} "
+                             f"{getattr(t, 'shape', None)}")
         data = t.data if t.is_packed else core.ternary_pack(t.data)
-        return "ternary", list(t.shape), np.ascontiguousarray(data).reshape(-1), t.scale
-    a = np.ascontiguousarray(t)
-    kind = {np.dtype(np.float32): "f32", np.dtype(np.int8): "i8"}.get(a.dtype)
-    if kind is None:
-        raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored (f32 or i8 only)")
-    return kind, list(a.shape), a.reshape(-1), None
+    else:
+        data = np.asarray(t)
+        if data.dtype != np.float32 or data.shape != shape:
+            raise ValueError(f"tensor {name!r}: expected float32 {shape}, got {data.dtype} {data.shape}")
+    data = np.ascontiguousarray(data).reshape(-1)
+    if data.nbytes != nbytes:
+        raise ValueError(f"tensor {name!r}: {data.nbytes} bytes, expected {nbytes}")
+    return data
 
 
 def write_packed(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]],
                  source: str = "", progress: Callable[[str, int], None] | None = None) -> None:
-    """Write a ``.wfrt`` file from canonical ``(name, tensor)`` pairs (a dict's ``.items()`` or a
-    loader's generator). Ternary codes are packed with the kernels' own ``ternary_pack``; the int8
-    LM head is added. ``progress(name, bytes)`` is called after each tensor is prepared. The file
-    appears atomically (written to ``path + '.tmp'`` then renamed)."""
+    """Write a ``.wfrt`` file from canonical ``(name, tensor)`` pairs in any order (a dict's
+    ``.items()`` or a loader's generator), one tensor in memory at a time: every offset follows
+    from the config, so each tensor goes straight to its place and the header comes last.
+    Ternary codes are packed with the kernels' own ``ternary_pack``; the int8 LM head is derived
+    from the head. ``progress(name, bytes)`` is called after each tensor is written. Raises
+    ``ValueError`` for a missing, unknown or misshaped tensor. The file appears atomically
+    (written to ``path + '.tmp'`` then renamed)."""
     core = _core()
-    known = canonical_names(cfg)
-    prepared: list[tuple[str, str, list[int], np.ndarray, float | None]] = []
-    head_src = None
-    for name, t in tensors:
-        if name in _DERIVED:
-            continue  # re-converting a .wfrt: the int8 head is derived again below
-        if name not in known:
-            raise ValueError(f"tensor {name!r} is not a canonical tensor of this model")
-        kind, shape, data, scale = _as_entry_data(name, t, core)
-        prepared.append((name, kind, shape, data, scale))
-        if name == "lm_head" or (name == "embed_tokens" and cfg.tie_word_embeddings):
-            head_src = data.reshape(shape)
-        if progress:
-            progress(name, data.nbytes)
-    if head_src is None:
-        raise ValueError("no lm_head (or tied embed_tokens) among the tensors")
-    q, scales = quantize_head_i8(head_src)
-    prepared.append(("lm_head_i8", "i8", list(q.shape), q.reshape(-1), None))
-    prepared.append(("lm_head_i8.scales", "f32", [len(scales)], scales, None))
-    if progress:
-        progress("lm_head_i8", q.nbytes + scales.nbytes)
+    plan = _plan(cfg, core)
+    # Scales are known only once tensors arrive: a header with the longest float repr in every
+    # scale bounds the real one, and the data starts after that bound.
+    entries: dict[str, _Entry] = {}
+    relative = {}
+    offset = 0
+    for name, (kind, shape, nbytes) in plan.items():
+        entries[name] = _Entry(name=name, dtype=kind, shape=list(shape), offset=0, nbytes=nbytes,
+                               scale=-2.2250738585072014e-308 if kind == "ternary" else None)
+        relative[name] = offset
+        offset = _align(offset + nbytes)
 
-    def header_bytes(data_start: int) -> tuple[bytes, list[_Entry]]:
-        entries, offset = [], data_start
-        for name, kind, shape, data, scale in prepared:
-            entries.append(_Entry(name=name, dtype=kind, shape=shape, offset=offset,
-                                  nbytes=data.nbytes, scale=scale))
-            offset = _align(offset + data.nbytes)
-        return msgspec.json.encode(_Header(config=cfg, tensors=entries, source=source)), entries
+    def header() -> bytes:
+        return msgspec.json.encode(_Header(config=cfg, tensors=list(entries.values()), source=source))
 
-    # Offsets depend on the header length, which depends on the offsets' digits: iterate to a fixpoint.
-    data_start = _ALIGN
-    while True:
-        header, entries = header_bytes(data_start)
-        need = _align(_PREFIX.size + len(header) + _CRC.size)
-        if need <= data_start:
-            break
+    # The offsets' digits lengthen the header that they follow: iterate to a fixpoint.
+    data_start, need = 0, _ALIGN
+    while need > data_start:
         data_start = need
+        for name, e in entries.items():
+            e.offset = data_start + relative[name]
+        need = _align(_PREFIX.size + len(header()) + _CRC.size)
 
     tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, core.ternary_layout_version(), len(header)) + header
-        f.write(prefix)
-        f.write(_CRC.pack(zlib.crc32(prefix)))
-        for entry, (_, _, _, data, _) in zip(entries, prepared):
-            f.seek(entry.offset)
-            f.write(memoryview(data).cast("B"))
-        f.truncate(max(data_start, f.tell()))
-    os.replace(tmp, path)
+    written: set[str] = set()
+    try:
+        with open(tmp, "wb") as f:
+            def put(name: str, data: np.ndarray) -> None:
+                f.seek(entries[name].offset)
+                f.write(memoryview(data).cast("B"))
+                written.add(name)
+                if progress:
+                    progress(name, data.nbytes)
+
+            for name, t in tensors:
+                if name in _DERIVED:
+                    continue  # re-converting a .wfrt: the int8 head is derived again
+                if name not in plan:
+                    raise ValueError(f"tensor {name!r} is not a canonical tensor of this model")
+                if name in written:
+                    raise ValueError(f"tensor {name!r} given twice")
+                data = _entry_data(name, t, plan[name], core)
+                if isinstance(t, TernaryWeight):
+                    entries[name].scale = float(t.scale)
+                put(name, data)
+                if name == "lm_head" or (name == "embed_tokens" and cfg.tie_word_embeddings):
+                    q, scales = quantize_head_i8(data.reshape(plan[name][1]))
+                    put("lm_head_i8", q.reshape(-1))
+                    put("lm_head_i8.scales", scales)
+            missing = [n for n in plan if n not in written]
+            if missing:
+                raise ValueError(f"tensor {missing[0]!r} missing ({len(missing)} missing in all)")
+            head = header()
+            prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, core.ternary_layout_version(), len(head)) + head
+            f.seek(0)
+            f.write(prefix + _CRC.pack(zlib.crc32(prefix)))
+            last = max(entries.values(), key=lambda e: e.offset)
+            f.truncate(last.offset + last.nbytes)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def is_packed_file(path: str | os.PathLike) -> bool:
@@ -208,42 +244,35 @@ def load_packed(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]
 
 def _map_tensors(path: str, size: int, cfg: ModelConfig, entries: list[_Entry],
                  data_start: int) -> dict[str, Tensor]:
-    core = _core()
-    expected = canonical_names(cfg)
-    expected["lm_head_i8"] = (cfg.vocab_size, cfg.hidden_size)
-    expected["lm_head_i8.scales"] = (cfg.vocab_size,)
+    plan = _plan(cfg, _core())
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out: dict[str, Tensor] = {}
     for e in entries:
         def bad(problem: str) -> ModelFormatError:
             return ModelFormatError(path, e.name, problem)
 
-        shape = expected.get(e.name)
-        if shape is None:
+        if e.name not in plan:
             raise bad("unexpected tensor (not part of this model)")
         if e.name in out:
             raise bad("stored twice")
+        kind, shape, nbytes = plan[e.name]
         if tuple(e.shape) != shape:
             raise bad(f"shape {tuple(e.shape)}, expected {shape}")
-        is_linear = e.name.rsplit(".", 1)[-1] in LINEAR_NAMES
-        want_kind = "ternary" if is_linear else ("i8" if e.name == "lm_head_i8" else "f32")
-        if e.dtype != want_kind:
-            raise bad(f"dtype {e.dtype}, expected {want_kind}")
-        nbytes = (core.ternary_packed_bytes(*shape) if is_linear
-                  else math.prod(shape) * _ITEMSIZE[e.dtype])
+        if e.dtype != kind:
+            raise bad(f"dtype {e.dtype}, expected {kind}")
         if e.nbytes != nbytes:
             raise bad(f"{e.nbytes} bytes, expected {nbytes}")
         if e.offset % _ALIGN or e.offset < data_start or e.offset + nbytes > size:
             raise bad(f"data at [{e.offset}, {e.offset + nbytes}) is misaligned or outside the "
                       f"data of a {size}-byte file (truncated?)")
         view = mm[e.offset:e.offset + nbytes].view(_NP[e.dtype])
-        if is_linear:
+        if kind == "ternary":
             if e.scale is None or not math.isfinite(e.scale) or e.scale <= 0:
                 raise bad(f"scale {e.scale} must be finite and positive")
             out[e.name] = TernaryWeight(view, float(e.scale), shape)
         else:
             out[e.name] = view.reshape(shape)
-    missing = [n for n in expected if n not in out]
+    missing = [n for n in plan if n not in out]
     if missing:
         raise ModelFormatError(path, missing[0], f"missing tensor ({len(missing)} missing in all)")
     return out
