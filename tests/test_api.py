@@ -80,6 +80,27 @@ async def test_streaming_is_cumulative_and_utf8_safe(engine, diffusion):
 
 
 @pytest.mark.anyio
+async def test_provisional_stream_of_the_open_block(engine):
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    d = DiffusionParams(block_size=16, sub_block_size=4, threshold=2.0)  # one token per step
+    async with engine:
+        plain = [o async for o in engine.generate_async("Tell me a story", params, diffusion=d)]
+        d.provisional = True
+        outs = [o async for o in engine.generate_async("Tell me a story", params, diffusion=d)]
+    final = outs[-1]
+    assert final.token_ids == plain[-1].token_ids and final.text == plain[-1].text
+    assert not final.provisional_token_ids and not final.provisional_text
+    assert len(outs) > 2 * len(plain)  # an update per step, not per block
+    n_prompt = len(final.prompt_token_ids)
+    for o in outs[:-1]:
+        assert not o.token_ids or (n_prompt + len(o.token_ids)) % 16 == 0  # committed: whole blocks
+        assert final.token_ids[:len(o.token_ids) + len(o.provisional_token_ids)] == o.token_ids + o.provisional_token_ids
+        assert final.text.startswith(o.text + o.provisional_text)
+        assert MASK not in o.provisional_token_ids
+    assert any(o.provisional_text for o in outs)
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("diffusion", [None, DiffusionParams(block_size=8, threshold=0.2)], ids=["ar", "dlm"])
 async def test_stop_strings(engine, diffusion):
     async with engine:

@@ -89,10 +89,8 @@ class Engine:
         self._portal_cm = None
         self._portal_ctx = None
         self._lock = threading.Lock()
-        eos = () if model_config.eos_token_ids is None else tuple(model_config.eos_token_ids)
-        if tokenizer is not None:
-            eos += tokenizer.eos_token_ids
-        self._eos_ids = frozenset(eos)
+        self._eos_ids = frozenset(model_config.eos_token_ids) | frozenset(
+            tokenizer.eos_token_ids if tokenizer is not None else ())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **config: Any) -> "Engine":
@@ -374,7 +372,8 @@ class Engine:
         return DlmSpec(block_size=block, sub_block_size=sub,
                        threshold=pick("threshold", None, _DEFAULT_THRESHOLD),
                        mask_token_id=mask, shift=pick("shift", mc.shift, True),
-                       attn_block=block if attention == "block" else 1)
+                       attn_block=block if attention == "block" else 1,
+                       provisional=dp.provisional or eng.provisional)
 
 
 def _per_prompt(value, n: int, what: str) -> list:

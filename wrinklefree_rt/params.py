@@ -45,6 +45,9 @@ class DiffusionParams(msgspec.Struct, kw_only=True):
     on. ``attention``: ``"causal"`` (WrinkleFree DLMs) or ``"block"``
     (block-causal, Fast-dLLM v2); by default block-causal when the model config names a
     ``bd_size``. ``threshold`` above 1 unmasks exactly one token per step.
+    ``provisional``: also stream, after every step, the open block's decoded positions up to
+    its first mask (``RequestOutput.provisional_*``); committed output still comes in whole
+    blocks.
     """
 
     block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
@@ -53,6 +56,7 @@ class DiffusionParams(msgspec.Struct, kw_only=True):
     mask_token_id: _TokenId | None = None
     shift: bool | None = None
     attention: Literal["causal", "block"] | None = None
+    provisional: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size is not None and self.sub_block_size is not None \

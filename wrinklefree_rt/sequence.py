@@ -52,6 +52,9 @@ class RequestOutput(msgspec.Struct, kw_only=True):
 
     ``token_ids`` includes a final EOS / stop token; ``text`` never does, and never contains a
     stop string. ``finish_reason`` is ``"stop"``, ``"length"``, or ``None`` while running.
+    ``provisional_token_ids`` / ``provisional_text`` (DLM requests with ``provisional``, while
+    running): tokens already decoded in the open block, in position order, and the text they
+    add after ``text``; not yet committed nor checked for stop strings.
     """
 
     request_id: str
@@ -63,6 +66,8 @@ class RequestOutput(msgspec.Struct, kw_only=True):
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     metrics: RequestMetrics = msgspec.field(default_factory=RequestMetrics)
+    provisional_token_ids: list[int] = []
+    provisional_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class DlmSpec:
     mask_token_id: int
     shift: bool
     attn_block: int  # 1: causal; block_size: block-causal
+    provisional: bool = False  # stream the open block's decoded prefix too
 
 
 @dataclass
@@ -254,7 +260,9 @@ class Sequence:
         for pos, tok, prob in zip(work.out_positions, tokens, probs):
             self._preds[pos] = (int(tok), float(prob))
             self._started = True
-        return self._progress()
+        decoded = self._scan
+        released = self._progress()
+        return released or (self.dlm is not None and self.dlm.provisional and self._scan > decoded)
 
     def _progress(self) -> bool:
         """Make every decision the fresh predictions allow (several when a step's candidates
@@ -360,8 +368,11 @@ class Sequence:
             forwards=self.forwards, rows=self.rows,
             tokens_per_forward=n / self.forwards if self.forwards else None)
         final = self.finished
+        provisional = [] if final or not (self.dlm and self.dlm.provisional) else self.tokens[self.emitted:self._scan]
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_ids,
             text=self.text.visible(final) if self.text is not None else "",
             token_ids=list(self.output_ids), finished=final,
-            finish_reason=self.finish_reason, stop_reason=self.stop_reason, metrics=metrics)
+            finish_reason=self.finish_reason, stop_reason=self.stop_reason, metrics=metrics,
+            provisional_token_ids=provisional,
+            provisional_text=self.text.preview(provisional) if provisional and self.text is not None else "")

@@ -140,6 +140,13 @@ class IncrementalDetokenizer:
         """Release whatever is left, incomplete characters included (the request ended)."""
         return self._release(final=True)
 
+    def peek(self, more: Sequence[int]) -> str:
+        """The text that would follow ``text`` if ``more`` tokens were added (whole characters
+        only), without adding them."""
+        ids = self.token_ids[self._prefix:] + list(more)
+        released = self._tok.decode(self.token_ids[self._prefix:self._read])
+        return self._tok.decode(ids)[len(released):].rstrip("\ufffd")
+
     def _release(self, final: bool) -> str:
         ids = self.token_ids
         prefix_text = self._tok.decode(ids[self._prefix:self._read])
@@ -186,6 +193,13 @@ class TextStream:
         cut, self.stopped = min(hits)
         self.text = self.text[:cut]
         return True
+
+    def preview(self, more: Sequence[int]) -> str:
+        """Text that ``more`` tokens (not yet added) would show after ``visible(False)``,
+        held-back characters first. Not checked for stop strings."""
+        if self.stopped is not None:
+            return ""
+        return self.text[len(self.visible(False)):] + self._detok.peek(more)
 
     def visible(self, final: bool) -> str:
         if final or self.stopped is not None or not self._holdback:
