@@ -8,7 +8,7 @@ constexpr size_t kRowPrefetchBytes = 8192;
 // Rows of W in groups of RW for activation rows in groups of MA (tails use smaller instances),
 // over bands of weight rows (~256 KiB) that stay in L2 while every activation row passes.
 template <int RW, int MA, class Micro>
-inline void rows_by_tiles(int N0, int N1, int M, size_t row_bytes, Micro&& micro) {
+inline void rows_by_tiles(int N0, int N1, int M, size_t row_bytes, Micro micro) {
     const int fit = (int)((256 * 1024) / row_bytes) / RW * RW;
     const int band = M == 1 ? N1 - N0 : (fit > RW ? fit : RW);
     for (int b0 = N0; b0 < N1; b0 += band) {
