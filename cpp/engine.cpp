@@ -82,7 +82,7 @@ struct BitNetBatchEngine::Impl {
     // Step workspace (grow-only).
     std::vector<float> x, a_norm, q, k, v, o, gate, up, scores, xo, logits, qa;
     std::vector<int8_t> xq;
-    std::vector<int32_t> y32, xsum, chosen;
+    std::vector<int32_t> y32, xsum;
     std::vector<int> step_hw;
     std::vector<std::pair<int, int>> row_keys;
     std::vector<SampleScratch> sample_scratch;
