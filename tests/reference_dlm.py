@@ -48,9 +48,10 @@ def reference_ar(model, prompt: list[int], max_tokens: int, stop_ids=(), mask_id
 
 def reference_dlm(model, prompt: list[int], *, block: int, sub_block: int, threshold: float,
                   mask_id: int, shift: bool, block_causal: bool, max_tokens: int,
-                  stop_ids=()) -> list[int]:
+                  stop_ids=(), fuse_commit: bool = False) -> list[int]:
     """Greedy block-diffusion decoding of one sequence; returns the generated tokens
-    (a final stop token included)."""
+    (a final stop token included). ``fuse_commit``: with shift, only the first block's first
+    position is filled unconditionally; later blocks start all masked."""
     attn = block if block_causal else 1
     L = len(prompt)
     limit = L + max_tokens
@@ -60,7 +61,7 @@ def reference_dlm(model, prompt: list[int], *, block: int, sub_block: int, thres
         end = start + block
         first = max(start, L)
         x += [mask_id] * (end - len(x))
-        if shift:
+        if shift and not (fuse_commit and first > L):
             x[first] = _choose(full_logits(model, x[:first], attn)[first - 1], mask_id)[0]
         while True:
             decoded = L

@@ -51,13 +51,24 @@ def dlm(block, sub=None, threshold=0.9, shift=True, block_causal=False, **kw) ->
                            attention="block" if block_causal else "causal", **kw)
 
 
+_refs: dict = {}
+
+
 def ref(model, p, params: SamplingParams, d: DiffusionParams | None):
+    """The reference decoder's tokens (memoised: each test runs under two backends)."""
+    key = (id(model), tuple(p), repr(params), repr(d))
+    if key not in _refs:
+        _refs[key] = _reference(model, p, params, d)
+    return _refs[key]
+
+
+def _reference(model, p, params: SamplingParams, d: DiffusionParams | None):
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else EOS)
     if d is None:
         return reference_ar(model, p, params.max_tokens, stops, MASK)
     return reference_dlm(model, p, block=d.block_size, sub_block=d.sub_block_size, threshold=d.threshold,
                          mask_id=MASK, shift=d.shift, block_causal=d.attention == "block",
-                         max_tokens=params.max_tokens, stop_ids=stops)
+                         max_tokens=params.max_tokens, stop_ids=stops, fuse_commit=d.fuse_commit)
 
 
 async def run_all(engine, requests):
@@ -81,7 +92,6 @@ def assert_idle(engine):
 
 # shift, block size, sub-block divisor, threshold, block-causal: the whole grid of the issue.
 GRID = list(itertools.product([False, True], [4, 8], [1, 2], [0.0, 0.5, 1.5], [False, True]))
-_grid_refs: dict = {}
 
 
 def grid_request(i, case):
@@ -97,13 +107,26 @@ async def test_dlm_grid_matches_reference(engine, model):
         outs = await run_all(engine, requests)
         assert_idle(engine)
     for i, ((p, sp, d), out) in enumerate(zip(requests, outs)):
-        if i not in _grid_refs:
-            _grid_refs[i] = ref(model, p, sp, d)
-        assert out.token_ids == _grid_refs[i], f"case {GRID[i]}"
+        assert out.token_ids == ref(model, p, sp, d), f"case {GRID[i]}"
         assert MASK not in out.token_ids
         assert out.finish_reason == ("stop" if out.token_ids[-1] in EOS else "length")
     # Every denoising step of every request shared forwards: far fewer than one per token.
     assert engine.stats().forwards < sum(len(o.token_ids) for o in outs) / 4
+
+
+# The named approximation: shift with the commit fused into the next block's first step.
+FUSED = list(itertools.product([4, 8], [0.5, 1.5], [False, True]))
+
+
+@pytest.mark.anyio
+async def test_fused_commit_matches_its_reference(engine, model):
+    requests = [(prompt(5 + 3 * i, seed=60 + i), SamplingParams(max_tokens=14 + i),
+                 dlm(block, block // 2, threshold, True, block_causal, fuse_commit=True))
+                for i, (block, threshold, block_causal) in enumerate(FUSED)]
+    async with engine:
+        outs = await run_all(engine, requests)
+    for (p, sp, d), out in zip(requests, outs):
+        assert out.token_ids == ref(model, p, sp, d), d
 
 
 @pytest.mark.anyio

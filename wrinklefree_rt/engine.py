@@ -373,7 +373,8 @@ class Engine:
                        threshold=pick("threshold", None, _DEFAULT_THRESHOLD),
                        mask_token_id=mask, shift=pick("shift", mc.shift, True),
                        attn_block=block if attention == "block" else 1,
-                       provisional=dp.provisional or eng.provisional)
+                       provisional=dp.provisional or eng.provisional,
+                       fuse_commit=dp.fuse_commit or eng.fuse_commit)
 
 
 def _per_prompt(value, n: int, what: str) -> list:

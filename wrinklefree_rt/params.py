@@ -48,6 +48,10 @@ class DiffusionParams(msgspec.Struct, kw_only=True):
     ``provisional``: also stream, after every step, the open block's decoded positions up to
     its first mask (``RequestOutput.provisional_*``); committed output still comes in whole
     blocks.
+    ``fuse_commit`` (an approximation, shift only; dInfer's cross-block update): a block after
+    the first starts all masked instead of taking its first token from the previous block's
+    commit, so the commit needs no forward of its own: it shares the new block's first step,
+    where that first token competes under the threshold rule like the others.
     """
 
     block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
@@ -57,6 +61,7 @@ class DiffusionParams(msgspec.Struct, kw_only=True):
     shift: bool | None = None
     attention: Literal["causal", "block"] | None = None
     provisional: bool = False
+    fuse_commit: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size is not None and self.sub_block_size is not None \

@@ -81,6 +81,7 @@ class DlmSpec:
     shift: bool
     attn_block: int  # 1: causal; block_size: block-causal
     provisional: bool = False  # stream the open block's decoded prefix too
+    fuse_commit: bool = False  # approximation: see Sequence._pending_fill
 
 
 @dataclass
@@ -204,8 +205,13 @@ class Sequence:
 
     def _pending_fill(self) -> bool:
         """With shift, the block's first open position is taken from the previous row's
-        prediction, computed with everything after that row absent."""
-        return self.shift and self.tokens[self._first_open()] == self.mask_id
+        prediction, computed with everything after that row absent. With ``fuse_commit`` (an
+        approximation) that holds for the first block only: later blocks start all masked, so
+        the previous block's commit rows share a forward with the new block's first step."""
+        first = self._first_open()
+        if self.dlm is not None and self.dlm.fuse_commit and first > self.prompt_len:
+            return False
+        return self.shift and self.tokens[first] == self.mask_id
 
     def _candidates(self) -> list[int]:
         """Still-masked positions (below the limit) of the first sub-block that has any."""
