@@ -211,6 +211,13 @@ async def test_body_exception_is_not_wrapped(engine):
     assert engine.stats().running == 0
 
 
+def test_sync_api_raises_the_failing_requests_error(text_model_dir):
+    with Engine.from_pretrained(text_model_dir) as engine:
+        with pytest.raises(InvalidRequestError, match=r"prompt\[1\]"):
+            engine.generate_batch(["fine", [1, VOCAB + 5]], {"max_tokens": 2})
+        assert len(engine.generate_batch(["still fine"], {"max_tokens": 2})[0].token_ids) == 2
+
+
 @pytest.mark.anyio
 async def test_sync_api_refuses_inside_the_event_loop(engine):
     async with engine:

@@ -227,16 +227,25 @@ class Engine:
         return self._call_sync(self._collect, streams)
 
     async def _collect(self, streams: list["RequestStream"]) -> list[RequestOutput]:
+        """Run streams to completion; a failing one raises its own error (the first, in order)
+        once the others are done, rather than an ExceptionGroup."""
         results: list[RequestOutput | None] = [None] * len(streams)
+        errors: list[Exception | None] = [None] * len(streams)
 
         async def one(i: int) -> None:
-            async with streams[i] as stream:
-                async for results[i] in stream:
-                    pass
+            try:
+                async with streams[i] as stream:
+                    async for results[i] in stream:
+                        pass
+            except Exception as e:
+                errors[i] = e
 
         async with anyio.create_task_group() as tg:
             for i in range(len(streams)):
                 tg.start_soon(one, i)
+        first_error = next((e for e in errors if e is not None), None)
+        if first_error is not None:
+            raise first_error
         return results
 
     def _call_sync(self, fn, *args):
