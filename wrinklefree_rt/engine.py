@@ -94,8 +94,8 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **config: Any) -> "Engine":
-        """Load a model directory (HF safetensors, or one written by ``wrinklefree-rt convert``)
-        and its ``tokenizer.json`` when present."""
+        """Load a model (HF safetensors directory, ``wrinklefree-rt convert`` output, GGUF file)
+        and the ``tokenizer.json`` in its folder when present."""
         from ._core import BitNetBatchEngine
         from .formats import load_model_dir
 
@@ -105,9 +105,9 @@ class Engine:
         core = BitNetBatchEngine(model_config, tensors, num_threads=cfg.num_threads,
                                  max_slots=cfg.max_num_seqs, kv_pages=pages,
                                  page_size=cfg.page_size, lm_head=cfg.lm_head, isa=cfg.isa)
-        path = Path(path)
-        tokenizer = (Tokenizer.from_dir(path, cfg.chat_template)
-                     if path.is_dir() and (path / "tokenizer.json").is_file() else None)
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a GGUF / .wfrt file's folder
+        tokenizer = (Tokenizer.from_dir(folder, cfg.chat_template)
+                     if (folder / "tokenizer.json").is_file() else None)
         return cls(core, model_config, tokenizer, cfg)
 
     # ----- lifecycle ------------------------------------------------------------------------
