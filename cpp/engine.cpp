@@ -49,6 +49,18 @@ T* grow(std::vector<T>& v, size_t n) {
     return v.data();
 }
 
+// Eight independent partial sums: the compiler vectorizes them (a single running sum it may not
+// reorder), and the order is fixed, so results do not depend on the thread or the batch.
+inline float dot(const float* a, const float* b, int n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int e = 0;
+    for (; e + 8 <= n; e += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += a[e + j] * b[e + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; e < n; ++e) s += a[e] * b[e];
+    return s;
+}
+
 std::string row_str(int i) { return "row " + std::to_string(i); }
 
 }  // namespace
@@ -160,10 +172,7 @@ void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
         float* sc = sc_all + static_cast<size_t>(thread) * max_limit;
         float mx = -INFINITY;
         for (int j = 0; j < limit; ++j) {
-            const float* kr = kv.k_row(layer, s, j) + kvo;
-            float d = 0.0f;
-            for (int e = 0; e < hd; ++e) d += qh[e] * kr[e];
-            sc[j] = d * scale;
+            sc[j] = dot(qh, kv.k_row(layer, s, j) + kvo, hd) * scale;
             mx = std::max(mx, sc[j]);
         }
         float sum = 0.0f;
