@@ -6,6 +6,7 @@ does the same work. Two settings per N:
 - threshold 0.9 (the default; sub-block 8): what decoding does. On random weights the model is
   never confident, so this is the floor: about one token per request per forward.
 - threshold 0 with sub-block 32: every masked position is unmasked in one step, the ceiling.
+The same requests decoded autoregressively (N = 1 and 16) are given for reference.
 The step time is taken inside ``BitNetBatchEngine.step`` by a timing wrapper around the core.
 """
 from __future__ import annotations
@@ -98,6 +99,9 @@ def dlm(path: Path, shape: synth.Shape, threads: int, quick: bool) -> dict:
             for n in ns:
                 r = _batch(engine, core, _prompts(n, PROMPT, shape.vocab), sp, dp)
                 out[f"{label}, N={n}"] = r
+        if not quick:  # the same requests decoded autoregressively, for reference
+            for n in (1, max(ns)):
+                out[f"AR (reference), N={n}"] = _batch(engine, core, _prompts(n, PROMPT, shape.vocab), sp, None)
     finally:
         engine.close()
     return out
