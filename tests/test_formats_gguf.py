@@ -111,14 +111,27 @@ def test_wrong_arch_short_file_and_garbage(model, tmp_path):
     _refused(save_gguf(model, tmp_path / "llama.gguf", arch="llama"), None, "not a BitNet one")
     good = save_gguf(model, tmp_path / "m.gguf").read_bytes()
     (tmp_path / "t.gguf").write_bytes(good[:-1000])
-    with pytest.raises(ModelFormatError, match=r"unreadable GGUF \(truncated or corrupt\?\)"):
+    with pytest.raises(ModelFormatError, match=r"outside the \d+-byte file \(truncated\?\)") as e:
         load_gguf(tmp_path / "t.gguf")
+    assert e.value.tensor is not None
     (tmp_path / "g.gguf").write_bytes(good[:4] + b"\xff" * 64)
     with pytest.raises(ModelFormatError, match="GGUF"):
         load_gguf(tmp_path / "g.gguf")
     (tmp_path / "h.gguf").write_bytes(good[:200])
-    with pytest.raises(ModelFormatError, match="GGUF"):
+    with pytest.raises(ModelFormatError, match="truncated"):
         load_model_dir(tmp_path / "h.gguf")
+
+
+def test_unknown_tensor_type_is_named(model, tmp_path):
+    import struct
+    raw = bytearray(save_gguf(model, tmp_path / "m.gguf").read_bytes())
+    # the type id follows the name and dims of a tensor info: make blk.0.attn_q's an I2_S-like 36
+    name = b"blk.0.attn_q.weight"
+    at = raw.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    n_dims = struct.unpack_from("<I", raw, at)[0]
+    struct.pack_into("<I", raw, at + 4 + 8 * n_dims, 36)
+    (tmp_path / "x.gguf").write_bytes(bytes(raw))
+    _refused(tmp_path / "x.gguf", "blk.0.attn_q.weight", "ggml type 36 is unknown")
 
 
 # ---------------------------------------------------------------- tokenizer from GGUF metadata
@@ -190,3 +203,15 @@ def test_tokenizer_not_rebuilt_when_unsure(tmp_path, pre, model, problem):
     _llama3_gguf(tmp_path / "v.gguf", pre=pre, model=model, n_vocab=300)
     with pytest.raises(ValueError, match=problem):
         gguf_tokenizer_files(tmp_path / "v.gguf")
+
+
+def test_convert_gguf(model, hf, tmp_path):
+    import io
+
+    from wrinklefree_rt.convert import convert
+    stream = io.StringIO()
+    convert(save_gguf(model, tmp_path / "m.gguf", "TQ2_0"), tmp_path / "out", progress_stream=stream)
+    assert "note: no tokenizer written: tokenizer.ggml.model None" in stream.getvalue()
+    _, t = load_model_dir(tmp_path / "out")
+    np.testing.assert_array_equal(t["embed_tokens"], hf[1]["embed_tokens"])
+    assert t["layers.1.down_proj"].is_packed

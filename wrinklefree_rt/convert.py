@@ -1,12 +1,13 @@
 """``wrinklefree-rt convert SRC DST``: any checkpoint this runtime reads -> its own packed format.
 
-DST is a directory (it receives ``model.wfrt`` plus SRC's tokenizer and config files, so it is
-a complete model directory for ``Engine.from_pretrained``) or a path ending in ``.wfrt``
-(the packed file alone).
+DST is a directory (it receives ``model.wfrt`` plus SRC's tokenizer and config files, or for
+a GGUF source the tokenizer rebuilt from its vocabulary, so it is a complete model directory
+for ``Engine.from_pretrained``) or a path ending in ``.wfrt`` (the packed file alone).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import TextIO
 from .errors import ModelFormatError
 from .formats import open_model
 from .formats.canonical import canonical_names
+from .formats.gguf import gguf_tokenizer_files, is_gguf_file
 from .formats.packed import PACKED_FILE, write_packed
 
 __all__ = ["main", "convert"]
@@ -73,11 +75,28 @@ def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = N
                 if (src / name).is_file():
                     shutil.copyfile(src / name, dst / name)
     # one step per canonical tensor, plus the int8 head
-    bar = _Progress(len(canonical_names(cfg)) + 1, progress_stream) if progress_stream else None
+    bar = _Progress(len(canonical_names(cfg)) + 2, progress_stream) if progress_stream else None
     write_packed(out, cfg, tensors, source=str(src), progress=bar)
     if bar:
         bar.finish()
+    if out.parent == dst and src.is_file() and is_gguf_file(src):
+        _write_gguf_tokenizer(src, dst, progress_stream)
     return out
+
+
+def _write_gguf_tokenizer(src: Path, dst: Path, stream: TextIO | None) -> None:
+    """A GGUF carries its vocabulary: rebuild tokenizer files so that DST is a complete model
+    directory, or say why not (a model is still usable with token ids)."""
+    try:
+        files = gguf_tokenizer_files(src)
+    except ModelFormatError:
+        raise
+    except ValueError as e:
+        if stream:
+            print(f"note: no tokenizer written: {e}", file=stream)
+        return
+    for name, content in files.items():
+        (dst / name).write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,13 @@
-"""GGUF files of llama.cpp's ``bitnet`` architecture, read with the ``gguf`` package (an optional
-extra: ``pip install wrinklefree-rt[gguf]``).
+"""GGUF files of llama.cpp's ``bitnet`` architecture.
 
-Ternary linears may be stored in any type the ``gguf`` package dequantizes (TQ1_0, TQ2_0, F16,
-F32, BF16, ...). A BitNet weight is ``q * s`` with one scale per tensor, so after dequantizing
-every non-zero element must have the same magnitude ``s``; a tensor where they differ is not a
-BitNet weight and is refused rather than re-quantized. An optional per-tensor ``*.scale``
-(llama.cpp's ``wq_scale`` and friends) multiplies ``s``. bitnet.cpp's I2_S type is not part of
-the ``gguf`` package and is refused with a clear error.
+The container is parsed by ``gguf_file.py``; F32/F16/BF16 tensors are read natively and every
+other type the ``gguf`` package knows (TQ1_0, TQ2_0, Q8_0, ...) is dequantized with it (an
+optional extra: ``pip install wrinklefree_rt[gguf]``). A BitNet weight is ``q * s`` with one
+scale per tensor, so after dequantizing every non-zero element must have the same magnitude
+``s``; a tensor where they differ is not a BitNet weight and is refused rather than
+re-quantized. An optional per-tensor ``*.scale`` (llama.cpp's ``wq_scale`` and friends)
+multiplies ``s``. bitnet.cpp's I2_S is refused with a clear error: its type id is not a ggml
+one and its block layout differs between the x86 and ARM builds that write it.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import numpy as np
 from ..config import ModelConfig, parse_config
 from ..errors import ModelFormatError
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
+from .gguf_file import GGUFFile, GGUFTensorInfo
+from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
 __all__ = ["load_gguf", "is_gguf_file", "gguf_tokenizer_files", "GGUF_ARCHES"]
@@ -55,30 +58,40 @@ def is_gguf_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def _gguf():
+# ggml type id -> numpy dtype for the float types read without the gguf package
+_FLOAT_TYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 30: np.dtype("<u2")}
+
+
+def _read_tensor(f: GGUFFile, info: GGUFTensorInfo) -> np.ndarray:
+    """A tensor dequantized to float32, in numpy shape order."""
+    n = int(np.prod(info.shape, dtype=np.int64))
+    if info.ggml_type in _FLOAT_TYPES:
+        dt = _FLOAT_TYPES[info.ggml_type]
+        raw = f.tensor_bytes(info, n * dt.itemsize).view(dt).reshape(info.shape)
+        return bf16_to_f32(raw) if info.ggml_type == 30 else raw.astype(np.float32)
     try:
         import gguf
     except ImportError:
-        raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf") from None
-    return gguf
+        raise ModelFormatError(f.path, info.name, f"ggml type {info.ggml_type}: dequantizing it needs the "
+                                                  "`gguf` package (pip install gguf)") from None
+    try:
+        qtype = gguf.GGMLQuantizationType(info.ggml_type)
+    except ValueError:
+        raise ModelFormatError(f.path, info.name, f"ggml type {info.ggml_type} is unknown (bitnet.cpp's I2_S "
+                                                  "and other fork-only types are not supported)") from None
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    if info.shape[-1] % block:
+        raise ModelFormatError(f.path, info.name, f"row of {info.shape[-1]} is not a multiple of the "
+                                                  f"{qtype.name} block of {block}")
+    row_bytes = info.shape[-1] // block * size
+    raw = f.tensor_bytes(info, n // info.shape[-1] * row_bytes).reshape(*info.shape[:-1], row_bytes)
+    try:
+        return gguf.quants.dequantize(raw, qtype).astype(np.float32, copy=False)
+    except NotImplementedError as e:
+        raise ModelFormatError(f.path, info.name, f"type {qtype.name} cannot be dequantized: {e}") from None
 
 
-class _Fields:
-    """Metadata values decoded on demand (the token and merge lists are large)."""
-
-    def __init__(self, raw):
-        self.raw = raw
-
-    def get(self, key: str, default: Any = None) -> Any:
-        field = self.raw.get(key)
-        return default if field is None else field.contents()
-
-    def array_len(self, key: str) -> int:
-        field = self.raw.get(key)
-        return 0 if field is None else len(field.data)
-
-
-def _config(path: str, fields: _Fields, arch: str, has_output: bool, embd_rows: int) -> ModelConfig:
+def _config(path: str, fields: dict[str, Any], arch: str, has_output: bool, embd_rows: int) -> ModelConfig:
     def get(key: str, default: Any = None, required: bool = False):
         value = fields.get(key, default)
         if value is None and required:
@@ -95,7 +108,7 @@ def _config(path: str, fields: _Fields, arch: str, has_output: bool, embd_rows: 
     if rope_dims is not None and rope_dims != head_dim:
         raise ModelFormatError(path, None, f"metadata {a}.rope.dimension_count = {rope_dims}: partial "
                                            f"rotary embeddings are not supported (head_dim {head_dim})")
-    vocab = get(f"{a}.vocab_size", fields.array_len("tokenizer.ggml.tokens") or embd_rows)
+    vocab = get(f"{a}.vocab_size", len(fields.get("tokenizer.ggml.tokens") or ()) or embd_rows)
     eos = [fields.get(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
                                    "tokenizer.ggml.eom_token_id") if fields.get(k) is not None]
     hf = {
@@ -141,39 +154,22 @@ def _ternary(path: str, name: str, x: np.ndarray, extra_scale: float) -> tuple[n
 
 def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Open a BitNet GGUF file and return the canonical tensors (ternary ones as int8 codes)."""
-    gguf = _gguf()
-    path = os.fspath(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except ValueError as e:
-        problem = str(e)
-        if "GGMLQuantizationType" in problem:
-            problem += " (bitnet.cpp's I2_S and other types the gguf package does not know are unsupported)"
-        raise ModelFormatError(path, None, f"unreadable GGUF (truncated or corrupt?): {problem}") from None
-    except (IndexError, OverflowError, UnicodeDecodeError, KeyError) as e:
-        raise ModelFormatError(path, None, f"truncated or corrupt GGUF: {type(e).__name__}: {e}") from None
-    fields = _Fields(reader.fields)
-    arch = fields.get("general.architecture")
+    f = GGUFFile(path)
+    path = f.path
+    arch = f.fields.get("general.architecture")
     if arch not in GGUF_ARCHES:
         raise ModelFormatError(path, None, f"general.architecture {arch!r} is not a BitNet one {GGUF_ARCHES}")
-    # The reader itself refuses tensors whose data runs past the end (a reshape fails above).
-    by_name = {t.name: t for t in reader.tensors}
-    embd = by_name.get("token_embd.weight")
-    cfg = _config(path, fields, arch, "output.weight" in by_name,
-                  int(embd.shape[-1]) if embd is not None and len(embd.shape) == 2 else 0)
+    embd = f.tensors.get("token_embd.weight")
+    cfg = _config(path, f.fields, arch, "output.weight" in f.tensors,
+                  embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0)
 
-    def tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        t = by_name.get(name)
-        if t is None:
+    def tensor(name: str, shape: tuple[int, ...] | None) -> np.ndarray:
+        info = f.tensors.get(name)
+        if info is None:
             raise ModelFormatError(path, name, "missing tensor")
-        got = tuple(int(d) for d in reversed(t.shape.tolist()))
-        if got != shape:
-            raise ModelFormatError(path, name, f"shape {got}, expected {shape}")
-        try:
-            x = gguf.quants.dequantize(t.data, t.tensor_type)
-        except NotImplementedError as e:
-            raise ModelFormatError(path, name, f"type {t.tensor_type.name} cannot be dequantized: {e}") from None
-        x = np.ascontiguousarray(x.reshape(shape), dtype=np.float32)
+        if shape is not None and info.shape != shape:
+            raise ModelFormatError(path, name, f"shape {info.shape}, expected {shape}")
+        x = np.ascontiguousarray(_read_tensor(f, info))
         if not np.isfinite(x).all():
             raise ModelFormatError(path, name, "contains NaN or inf")
         return x
@@ -183,8 +179,8 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
         base = gguf_name(canon)
         if canon.rsplit(".", 1)[-1] in LINEAR_NAMES:
             extra = 1.0
-            if base + ".scale" in by_name:
-                sc = tensor(base + ".scale", tuple(int(d) for d in reversed(by_name[base + ".scale"].shape.tolist())))
+            if base + ".scale" in f.tensors:
+                sc = tensor(base + ".scale", None)
                 if sc.size != 1:
                     raise ModelFormatError(path, base + ".scale", f"{sc.size} values, expected one")
                 extra = float(sc.reshape(()))
@@ -212,12 +208,8 @@ def gguf_tokenizer_files(path: str | os.PathLike) -> dict[str, dict]:
     gpt-2). Control tokens become special added tokens, user-defined ones plain added tokens.
     Raises ``ValueError`` for a vocabulary it cannot rebuild exactly (SentencePiece, other
     pre-tokenizers): better no tokenizer than a wrong one."""
-    gguf = _gguf()
-    path = os.fspath(path)
-    try:
-        fields = _Fields(gguf.GGUFReader(path).fields)
-    except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError) as e:
-        raise ModelFormatError(path, None, f"unreadable GGUF (truncated or corrupt?): {e}") from None
+    f = GGUFFile(path)
+    path, fields = f.path, f.fields
     model = fields.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"tokenizer.ggml.model {model!r}: only byte-level BPE ('gpt2') vocabularies are rebuilt")
