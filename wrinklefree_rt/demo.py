@@ -172,11 +172,12 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--sub-block-size", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--attention", choices=["causal", "block"], default="causal")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--vocab", type=int, default=32000)
     args = parser.parse_args(argv)
     diffusion = DiffusionParams(block_size=args.block_size, sub_block_size=args.sub_block_size,
-                                threshold=args.threshold)
+                                threshold=args.threshold, attention=args.attention)
     with tempfile.TemporaryDirectory() as tmp:
         path = build_random_model(Path(tmp) / "model", vocab_size=args.vocab, mask_token_id=args.vocab - 1)
         engine = Engine.from_pretrained(path, num_threads=args.threads, max_num_seqs=max(args.n),
@@ -189,7 +190,7 @@ def bench_main(argv: list[str] | None = None) -> int:
 
         rows = anyio.run(all_rounds)
     print(f"model: random BitNet, hidden 256, 4 layers, vocab {args.vocab}; {engine.core.isa}, "
-          f"{engine.core.num_threads} threads; DLM block {args.block_size}, sub-block "
+          f"{engine.core.num_threads} threads; DLM {args.attention} attention, block {args.block_size}, sub-block "
           f"{args.sub_block_size}, threshold {args.threshold}, {args.max_tokens} tokens per request")
     print(f"{'N':>3} {'forwards':>9} {'rows/fwd':>9} {'tokens':>7} {'tok/s':>8} {'step ms':>8} "
           f"{'sched ms':>9} {'sched %':>8} {'loop %':>7}")
