@@ -85,17 +85,30 @@ void f32_gemm_generic(const float* W, int N, int K, const float* X, int ldx, int
 }  // namespace
 
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
+    // One branch-free pass finds whether any code is bad (it vectorizes); only then look for it.
+    const size_t count = (size_t)N * K;
+    uint8_t bad = 0;
+    for (size_t i = 0; i < count; ++i) bad |= (uint8_t)(q[i] + 1) > 2;
+    if (bad) {
+        size_t i = 0;
+        while ((uint8_t)(q[i] + 1) <= 2) ++i;
+        throw std::invalid_argument("ternary_pack: code " + std::to_string(q[i]) + " at row " + std::to_string(i / K) +
+                                    ", column " + std::to_string(i % K) + " is not in {-1, 0, 1}");
+    }
     const int Kp = ternary_padded_k(K);
+    const int full_chunks = K / 16;
     std::memset(out, 0, ternary_packed_bytes(N, K));
-    for (int n = 0; n < N; ++n)
-        for (int k = 0; k < K; ++k) {
-            int v = q[(size_t)n * K + k];
-            if (v < -1 || v > 1)
-                throw std::invalid_argument("ternary_pack: code " + std::to_string(v) + " at row " + std::to_string(n) +
-                                            ", column " + std::to_string(k) + " is not in {-1, 0, 1}");
+    for (int n = 0; n < N; ++n) {
+        const int8_t* row = q + (size_t)n * K;
+        uint8_t* dst = out + ternary_chunk_offset(n / kTernaryRowTile, 0, Kp) + (n % kTernaryRowTile) * 4;
+        for (int g = 0; g < full_chunks; ++g, row += 16, dst += 64)
+            for (int j = 0; j < 4; ++j)
+                dst[j] = (uint8_t)((row[j] + 1) | (row[4 + j] + 1) << 2 | (row[8 + j] + 1) << 4 | (row[12 + j] + 1) << 6);
+        for (int k = full_chunks * 16; k < K; ++k) {
             CodePos p = code_pos(n, k, Kp);
-            out[p.byte] |= (uint8_t)((v + 1) << p.shift);
+            out[p.byte] |= (uint8_t)((q[(size_t)n * K + k] + 1) << p.shift);
         }
+    }
 }
 
 void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
