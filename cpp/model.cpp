@@ -9,7 +9,13 @@ namespace wfrt {
 
 namespace {
 
-using TensorMap = std::unordered_map<std::string, const TensorView*>;
+// Name -> tensor, and whether the model took it (a tensor nobody takes means the checkpoint and
+// the config disagree, e.g. more layers than num_hidden_layers).
+struct TensorEntry {
+    const TensorView* view;
+    bool used;
+};
+using TensorMap = std::unordered_map<std::string, TensorEntry>;
 
 std::string shape_str(const std::vector<int64_t>& shape) {
     std::string s = "(";
@@ -27,9 +33,12 @@ const char* dtype_name(int dtype) {
     }
 }
 
-const TensorView* find(const TensorMap& m, const std::string& name, bool required) {
+const TensorView* find(TensorMap& m, const std::string& name, bool required) {
     auto it = m.find(name);
-    if (it != m.end()) return it->second;
+    if (it != m.end()) {
+        it->second.used = true;
+        return it->second.view;
+    }
     if (required) throw BadTensor(name, "missing");
     return nullptr;
 }
@@ -41,7 +50,7 @@ void expect(const std::string& name, const TensorView& t, int dtype, std::vector
     if (t.data == nullptr) throw BadTensor(name, "no data");
 }
 
-std::vector<float> copy_f32(const TensorMap& m, const std::string& name, int n) {
+std::vector<float> copy_f32(TensorMap& m, const std::string& name, int n) {
     const TensorView& t = *find(m, name, true);
     expect(name, t, 0, {n});
     const float* p = static_cast<const float*>(t.data);
@@ -110,7 +119,7 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
     check_config(cfg);
     TensorMap m;
     for (const auto& t : tensors) {
-        if (!m.emplace(t.name, &t.view).second) throw BadTensor(t.name, "given twice");
+        if (!m.emplace(t.name, TensorEntry{&t.view, false}).second) throw BadTensor(t.name, "given twice");
     }
     const int V = cfg.vocab_size, H = cfg.hidden_size, I = cfg.intermediate_size;
     const int QD = cfg.num_heads * cfg.head_dim, KD = cfg.num_kv_heads * cfg.head_dim;
@@ -178,6 +187,10 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
             if (!std::isfinite(sc[n]) || !(sc[n] > 0.0f))
                 throw BadTensor("lm_head_i8.scales", "row " + std::to_string(n) + " scale is not a positive finite number");
     }
+    for (const auto& [name, entry] : m)
+        if (!entry.used)
+            throw BadTensor(name, "is not a tensor of this model (config: " + std::to_string(cfg.num_layers) + " layers)");
+
     head.precision = precision;
     if (precision == LmHeadPrecision::F32) {
         head.f32 = static_cast<const float*>(head_f32->data);

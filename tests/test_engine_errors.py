@@ -158,6 +158,7 @@ def test_bad_tensors_are_model_format_errors(model):
         "short packed": ("layers.1.q_proj", TernaryWeight(np.zeros(10, np.uint8), q.scale, q.shape), "bytes"),
         "nan norm": ("layers.0.attn_sub_norm", np.full(64, np.nan, np.float32), "non-finite"),
         "not a tensor": ("norm", [1.0] * 64, "neither a numpy array"),
+        "extra layer": ("layers.2.input_layernorm", np.ones(64, np.float32), "not a tensor of this model"),
     }
     for case, (name, value, message) in cases.items():
         with pytest.raises(ModelFormatError, match=message) as info:
