@@ -367,3 +367,31 @@ async def test_requests_wait_for_slots_and_pages(model_dir, model):
     assert peak["running"] == 2 and peak["waiting"] >= 3
     for (p, sp, d), out in zip(reqs, results["others"]):
         assert out.token_ids == ref(model, p, sp, d)
+
+
+@pytest.mark.anyio
+async def test_random_cancellations_leave_no_trace(small_budget_engine, model):
+    """Requests cancelled at random moments (queued, prefilling, decoding, between blocks) return
+    every slot and page, and the requests left alone produce their reference outputs."""
+    engine = small_budget_engine
+    rng = torch.Generator().manual_seed(7)
+    reqs = [(prompt(int(torch.randint(1, 40, (1,), generator=rng)), seed=200 + i),
+             SamplingParams(max_tokens=int(torch.randint(4, 24, (1,), generator=rng)), ignore_eos=True),
+             [None, dlm(4, 2, 0.5), dlm(8, 4, 0.9, shift=False, block_causal=True)][i % 3]) for i in range(12)]
+    delays = [float(torch.rand(1, generator=rng)) * 0.03 if i % 2 else None for i in range(12)]
+    done = {}
+
+    async def one(i):
+        p, sp, d = reqs[i]
+        with anyio.move_on_after(delays[i] if delays[i] is not None else 60):
+            done[i] = await engine.generate(p, sp, diffusion=d)
+
+    async with engine:
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+        await wait_until(lambda: engine.stats().running == 0 and engine.stats().waiting == 0)
+        assert_idle(engine)
+    for i in range(0, 12, 2):  # never cancelled
+        p, sp, d = reqs[i]
+        assert done[i].token_ids == ref(model, p, sp, d)
