@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from wrinklefree_rt._core import BitNetBatchEngine
+from wrinklefree_rt._core import BitNetBatchEngine, quantize_lm_head_i8, ternary_pack
 from wrinklefree_rt.formats.ternary import TernaryWeight
 
 SHAPE = SimpleNamespace(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
@@ -19,17 +19,21 @@ SHAPE = SimpleNamespace(vocab_size=128256, hidden_size=2560, intermediate_size=6
                         rope_theta=500000.0, max_position_embeddings=4096)
 
 
-def random_tensors(cfg, seed=0):
+def random_tensors(cfg, seed=0, prepacked=False):
     rng = np.random.default_rng(seed)
     H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     QD, KD = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     shapes = {"q_proj": (QD, H), "k_proj": (KD, H), "v_proj": (KD, H), "o_proj": (H, QD),
               "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
     # One random code matrix per shape, shared by the layers: the engine packs each layer's own copy.
+    # With prepacked, as the runtime's own format hands them over: packed bytes and the int8 head,
+    # used in place by the engine.
     codes = {}
     for name, shape in shapes.items():
         if shape not in codes:
             codes[shape] = rng.integers(-1, 2, size=shape, dtype=np.int8)
+    if prepacked:
+        codes = {shape: ternary_pack(c) for shape, c in codes.items()}
     t = {"embed_tokens": rng.standard_normal((V, H), dtype=np.float32),
          "norm": np.ones(H, np.float32)}
     for i in range(cfg.num_hidden_layers):
@@ -39,6 +43,8 @@ def random_tensors(cfg, seed=0):
             t[p + n] = np.ones(size, np.float32)
         for name, shape in shapes.items():
             t[p + name] = TernaryWeight(codes[shape], 0.01, shape)
+    if prepacked:
+        t["lm_head_i8"], t["lm_head_i8.scales"] = quantize_lm_head_i8(t["embed_tokens"])
     return t
 
 
@@ -48,16 +54,18 @@ def main():
     ap.add_argument("--lm-head", default="int8", choices=["int8", "fp32"])
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--prepacked", action="store_true", help="hand over packed weights and the int8 head")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    tensors = random_tensors(SHAPE)
+    tensors = random_tensors(SHAPE, prepacked=args.prepacked)
     t1 = time.perf_counter()
     eng = BitNetBatchEngine(SHAPE, tensors, num_threads=args.threads, max_slots=4, kv_pages=64,
                             lm_head=args.lm_head)
     t2 = time.perf_counter()
     print(f"isa={eng.isa} threads={eng.num_threads} lm_head={args.lm_head}")
-    print(f"random tensors built in {t1 - t0:.1f} s; engine load (pack codes, quantize head) {t2 - t1:.2f} s")
+    what = "prepacked, in place" if args.prepacked else "pack codes, quantize head"
+    print(f"random tensors built in {t1 - t0:.1f} s; engine load ({what}) {t2 - t1:.2f} s")
 
     slot = eng.alloc_sequence()
     eng.reserve(slot, args.prompt + args.tokens + 1)
