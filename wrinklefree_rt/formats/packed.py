@@ -14,8 +14,8 @@ File layout (all integers little-endian)::
 An entry is ``{"name", "dtype", "shape", "offset", "nbytes", "scale"}`` with dtype ``f32``,
 ``i8`` or ``ternary`` (uint8 bytes in the kernels' layout for logical shape ``(out, in)``,
 with the per-tensor scale). Besides the canonical tensors the file holds the LM head already
-quantized to int8 rows (``lm_head_i8`` + ``lm_head_i8.scales``) by the engine's own rule, so
-the int8 head costs nothing at load either.
+quantized to int8 rows (``lm_head_i8`` + ``lm_head_i8.scales``) by the engine's own quantizer
+(``_core.quantize_lm_head_i8``), so the int8 head costs nothing at load either.
 """
 from __future__ import annotations
 
@@ -35,8 +35,7 @@ from ..errors import ModelFormatError
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .ternary import TernaryWeight
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "PACKED_FILE", "write_packed", "load_packed",
-           "quantize_head_i8", "is_packed_file"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "PACKED_FILE", "write_packed", "load_packed", "is_packed_file"]
 
 MAGIC = b"WFRTPACK"
 FORMAT_VERSION = 1
@@ -66,23 +65,6 @@ class _Header(msgspec.Struct, kw_only=True):
 def _core():
     from .. import _core as core  # the compiled extension; formats stay importable without it
     return core
-
-
-def quantize_head_i8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The engine's int8 LM head rule (cpp/model.cpp ``quantize_head_i8``), bit for bit in fp32:
-    per row ``scale = max|w| / 127`` (1 for an all-zero row), ``q = clamp(rint(w * (1/scale)),
-    -127, 127)``. Returns ``(q int8 (V, H), scale float32 (V,))``."""
-    w = np.asarray(w, dtype=np.float32)
-    amax = np.max(np.abs(w), axis=1)
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    inv = (np.float32(1) / scale).astype(np.float32)
-    q = np.empty(w.shape, dtype=np.int8)
-    rows = max(1, (1 << 22) // max(w.shape[1], 1))  # bounded temporaries for a 128k vocab
-    for r in range(0, w.shape[0], rows):
-        block = np.rint(w[r:r + rows] * inv[r:r + rows, None])
-        np.clip(block, -127, 127, out=block)
-        q[r:r + rows] = block
-    return q, scale
 
 
 def _align(n: int) -> int:
@@ -177,7 +159,7 @@ def write_packed(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tu
                     entries[name].scale = float(t.scale)
                 put(name, data)
                 if name == "lm_head" or (name == "embed_tokens" and cfg.tie_word_embeddings):
-                    q, scales = quantize_head_i8(data.reshape(plan[name][1]))
+                    q, scales = core.quantize_lm_head_i8(data.reshape(plan[name][1]))
                     put("lm_head_i8", q.reshape(-1))
                     put("lm_head_i8.scales", scales)
             missing = [n for n in plan if n not in written]
