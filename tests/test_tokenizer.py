@@ -40,14 +40,13 @@ def test_special_tokens(tok):
     assert tok.token_id("<|end_of_text|>") in tok.eos_token_ids
     assert tok.token_id("<|eot_id|>") in tok.eos_token_ids  # both chat formats end turns with it
     assert tok.mask_token_id is None  # Llama-3 has no mask token
-    assert tok.is_special(tok.token_id("<|eot_id|>")) and not tok.is_special(tok.encode("a", False)[0])
 
 
 def test_bitnet_chat_format(tok):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Hi there \n"}]
     text = tok.apply_chat_template(messages)
     assert text == "<|begin_of_text|>System: Be brief.<|eot_id|>User: Hi there<|eot_id|>Assistant: "
-    ids = tok.encode_chat(messages)
+    ids = tok.encode(text, add_special_tokens=False)
     assert ids[0] == tok.token_id("<|begin_of_text|>") and ids.count(ids[0]) == 1
     assert tok.decode(ids, skip_special_tokens=False) == text
 

@@ -287,10 +287,7 @@ class Engine:
 
     async def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
-            tok = self._need_tokenizer("a text prompt")
-            if len(prompt) > _LONG_PROMPT_CHARS:
-                return prompt, await anyio.to_thread.run_sync(tok.encode, prompt)
-            return prompt, tok.encode(prompt)
+            return prompt, await self._encode(self._need_tokenizer("a text prompt"), prompt, True)
         items = list(prompt)
         if items and all(isinstance(m, dict) for m in items):
             tok = self._need_tokenizer("chat messages")
@@ -298,16 +295,17 @@ class Engine:
                 text = tok.apply_chat_template(items)
             except ValueError as e:
                 raise InvalidRequestError(f"prompt: {e}") from None
-            if len(text) > _LONG_PROMPT_CHARS:
-                return text, await anyio.to_thread.run_sync(tok.encode, text, False)
-            return text, tok.encode(text, add_special_tokens=False)
-        vocab = self.model_config.vocab_size
+            return text, await self._encode(tok, text, False)  # the template holds BOS already
         for i, t in enumerate(items):
             if isinstance(t, bool) or not isinstance(t, int) and not hasattr(t, "__index__"):
                 raise InvalidRequestError(f"prompt[{i}]: expected a token id (int), got {type(t).__name__}")
-            if not 0 <= int(t) < vocab:
-                raise InvalidRequestError(f"prompt[{i}]: token id {int(t)} outside the vocabulary [0, {vocab})")
         return None, [int(t) for t in items]
+
+    @staticmethod
+    async def _encode(tok: Tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+        if len(text) > _LONG_PROMPT_CHARS:
+            return await anyio.to_thread.run_sync(tok.encode, text, add_special_tokens)
+        return tok.encode(text, add_special_tokens)
 
     def _need_tokenizer(self, what: str) -> Tokenizer:
         if self.tokenizer is None:
@@ -319,12 +317,15 @@ class Engine:
                        dp: DiffusionParams | None, rid: str) -> Sequence:
         if not ids:
             raise InvalidRequestError("prompt: empty (at least one token is needed)")
+        vocab = self.model_config.vocab_size
+        bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab), None)
+        if bad is not None:  # also catches a tokenizer larger than the model's vocabulary
+            raise InvalidRequestError(f"prompt[{bad}]: token id {ids[bad]} outside the vocabulary [0, {vocab})")
         dlm = self._resolve_dlm(dp, sp) if dp is not None else None
         mask = dlm.mask_token_id if dlm else self._mask_id(None)
         if mask is not None and mask in ids:
             raise InvalidRequestError(f"prompt[{ids.index(mask)}]: the mask token {mask} may not appear "
                                       "in a prompt (positions to fill are chosen by the decoder)")
-        vocab = self.model_config.vocab_size
         for i, t in enumerate(sp.stop_token_ids):
             if t >= vocab:
                 raise InvalidRequestError(f"params.stop_token_ids[{i}]: {t} outside the vocabulary [0, {vocab})")

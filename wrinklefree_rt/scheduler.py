@@ -41,10 +41,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def schedule(self) -> StepPlan | None:
         t0 = time.perf_counter()
         self._release_ended()

@@ -38,7 +38,6 @@ class Tokenizer:
                                       None)
         self.chat_format: ChatFormat = (_detect_chat_format(config.get("chat_template"))
                                         if chat_format == "auto" else chat_format)
-        self._special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
 
     @classmethod
     def from_dir(cls, path: str | Path, chat_format: ChatFormat | Literal["auto"] = "auto") -> "Tokenizer":
@@ -57,15 +56,8 @@ class Tokenizer:
                 raise ValueError(f"{config_path}: cannot read tokenizer config: {e}") from None
         return cls(tok, config, chat_format)
 
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
     def token_id(self, text: str | None) -> int | None:
         return None if text is None else self._tok.token_to_id(text)
-
-    def is_special(self, token_id: int) -> bool:
-        return token_id in self._special_ids
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -97,9 +89,6 @@ class Tokenizer:
             parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n"
                          if self.chat_format == "llama3" else "Assistant: ")
         return "".join(parts)
-
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
 
 
 def _token_text(value) -> str | None:
