@@ -5,7 +5,7 @@
 //
 // Traits T provide: V (vector type); kVecsPerTile (vectors per 16-row tile: 2 for 256-bit,
 // 1 for 512-bit); kLanes (int32 lanes per vector); kWidens (true when dot() accumulates in
-// int16 and must be widened once per K block); load(chunk, v); codes(raw, s) -> u in {0,1,2}
+// int16 and must be widened once per K block, then also add16(a, b)); load(chunk, v); codes(raw, s) -> u in {0,1,2}
 // for shift group s; bcast(x) (4 activation bytes to every lane); zero(); dot(acc, w, x);
 // widen(acc) -> int32 lanes; add32(a, b); store(int32_t*, V).
 
@@ -22,6 +22,21 @@ inline void prefetch_tiles(const uint8_t* W, size_t tile_bytes, int g) {
     WFRT_UNROLL for (int r = 0; r < RT; ++r) _mm_prefetch((const char*)(W + r * tile_bytes + (size_t)(g + kPrefetchChunks) * 64), _MM_HINT_T0);
 }
 
+// Independent accumulator sets over the four shift groups. A dpbusd accumulator is a latency
+// chain taking one dot per shift group per chunk: when a few activation rows stream weights from
+// DRAM (RT = 1), four dots in a row per chunk cap the rate at a third of DRAM speed, so each
+// accumulator is split over the shift groups as far as registers allow (24 of 32 zmm). maddubs
+// accumulates through a 1-cycle add and needs no split, except in the GEMV, where it measured
+// faster too. Register tiles (RT > 1) already have 16+ chains.
+template <class T, int RT, int MA>
+constexpr int ternary_splits() {
+    constexpr int chains = MA * RT * T::kVecsPerTile;
+    if (RT > 1) return 1;
+    if (MA == 1) return 4;
+    if (T::kWidens) return 1;
+    return 4 * chains <= 24 ? 4 : (2 * chains <= 24 ? 2 : 1);
+}
+
 // Y tile for MA activation rows x RT row tiles of 16 rows, over all of K.
 // W points at the first tile's first chunk; tiles are `tile_bytes` apart.
 template <class T, int RT, int MA>
@@ -29,13 +44,16 @@ inline void ternary_micro(const uint8_t* W, size_t tile_bytes, int Kp, const int
                           int32_t* out /* [MA][RT * 16] */) {
     using V = typename T::V;
     constexpr int NV = RT * T::kVecsPerTile;
+    constexpr int S = ternary_splits<T, RT, MA>();
     V tot[MA][NV];
     WFRT_UNROLL for (int m = 0; m < MA; ++m)
         WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[m][v] = T::zero();
     for (int kb = 0; kb < Kp; kb += kTernaryKBlock) {
-        V blk[MA][NV];
-        WFRT_UNROLL for (int m = 0; m < MA; ++m)
-            WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[m][v] = T::kWidens ? T::zero() : tot[m][v];
+        // Without widening, partial set 0 continues tot itself (no second register set).
+        V blk[S][MA][NV];
+        WFRT_UNROLL for (int j = 0; j < S; ++j)
+            WFRT_UNROLL for (int m = 0; m < MA; ++m)
+                WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[j][m][v] = T::kWidens || j > 0 ? T::zero() : tot[m][v];
         for (int g = kb / 16; g < (kb + kTernaryKBlock) / 16; ++g) {
             prefetch_tiles<RT>(W, tile_bytes, g);
             V raw[NV];
@@ -45,45 +63,25 @@ inline void ternary_micro(const uint8_t* W, size_t tile_bytes, int Kp, const int
                 V w[NV];
                 WFRT_UNROLL for (int v = 0; v < NV; ++v) w[v] = T::codes(raw[v], s);
                 WFRT_UNROLL for (int m = 0; m < MA; ++m) {
-                    V xb = T::bcast(X + (size_t)m * ldx + g * 16 + s * 4);
-                    WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[m][v] = T::dot(blk[m][v], w[v], xb);
+                    const V xb = T::bcast(X + (size_t)m * ldx + g * 16 + s * 4);
+                    WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[s % S][m][v] = T::dot(blk[s % S][m][v], w[v], xb);
                 }
             }
         }
         WFRT_UNROLL for (int m = 0; m < MA; ++m)
-            WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[m][v] = T::kWidens ? T::add32(tot[m][v], T::widen(blk[m][v])) : blk[m][v];
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) {
+                if constexpr (T::kWidens) {
+                    // Partial int16 sums of one block together stay within the bound above.
+                    WFRT_UNROLL for (int j = 1; j < S; ++j) blk[0][m][v] = T::add16(blk[0][m][v], blk[j][m][v]);
+                    tot[m][v] = T::add32(tot[m][v], T::widen(blk[0][m][v]));
+                } else {
+                    WFRT_UNROLL for (int j = 1; j < S; ++j) blk[0][m][v] = T::add32(blk[0][m][v], blk[j][m][v]);
+                    tot[m][v] = blk[0][m][v];
+                }
+            }
     }
     WFRT_UNROLL for (int m = 0; m < MA; ++m)
         WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(out + m * RT * 16 + v * T::kLanes, tot[m][v]);
-}
-
-// One activation row: memory-bound, so the loop keeps a separate accumulator per shift group
-// (four independent dot chains per vector instead of one latency-bound chain). Measured on
-// Zen5: one tile at a time (one sequential stream) reads faster than several in parallel.
-template <class T, int RT>
-inline void ternary_gemv_micro(const uint8_t* W, size_t tile_bytes, int Kp, const int8_t* X, int32_t* out) {
-    using V = typename T::V;
-    constexpr int NV = RT * T::kVecsPerTile;
-    V tot[NV];
-    WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[v] = T::zero();
-    for (int kb = 0; kb < Kp; kb += kTernaryKBlock) {
-        V part[4][NV];
-        WFRT_UNROLL for (int s = 0; s < 4; ++s)
-            WFRT_UNROLL for (int v = 0; v < NV; ++v) part[s][v] = T::zero();
-        for (int g = kb / 16; g < (kb + kTernaryKBlock) / 16; ++g) {
-            prefetch_tiles<RT>(W, tile_bytes, g);
-            V raw[NV];
-            WFRT_UNROLL for (int v = 0; v < NV; ++v)
-                raw[v] = T::load(W + (v / T::kVecsPerTile) * tile_bytes + (size_t)g * 64, v % T::kVecsPerTile);
-            WFRT_UNROLL for (int s = 0; s < 4; ++s) {
-                const V xb = T::bcast(X + g * 16 + s * 4);
-                WFRT_UNROLL for (int v = 0; v < NV; ++v) part[s][v] = T::dot(part[s][v], T::codes(raw[v], s), xb);
-            }
-        }
-        WFRT_UNROLL for (int v = 0; v < NV; ++v)
-            WFRT_UNROLL for (int s = 0; s < 4; ++s) tot[v] = T::add32(tot[v], T::widen(part[s][v]));
-    }
-    WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(out + v * T::kLanes, tot[v]);
 }
 
 // Runs the micro kernel for `ma` (1..MA) activation rows: the tail of M uses a smaller instance.
@@ -92,10 +90,8 @@ inline void ternary_micro_rows(int ma, const uint8_t* W, size_t tile_bytes, int 
                                int32_t* out) {
     if constexpr (MA > 1) {
         if (ma < MA) return ternary_micro_rows<T, RT, MA - 1>(ma, W, tile_bytes, Kp, X, ldx, out);
-        ternary_micro<T, RT, MA>(W, tile_bytes, Kp, X, ldx, out);
-    } else {
-        ternary_gemv_micro<T, RT>(W, tile_bytes, Kp, X, out);
     }
+    ternary_micro<T, RT, MA>(W, tile_bytes, Kp, X, ldx, out);
 }
 
 // Copies the computed rows of a tile group that fall inside [n0, n1).
@@ -125,9 +121,10 @@ inline void ternary_tiles(int t, int t_end, int ma, int m0, const uint8_t* W, si
     }
 }
 
-// One activation row (GEMV) runs tile by tile, in memory order. Several rows run RT x MA
-// register tiles over groups of tiles whose weights (~256 KiB) stay in L2 while every
-// activation row passes over them.
+// Fewer activation rows than one register tile (GEMV and small batches) are memory-bound: they
+// run tile by tile in memory order (measured on Zen5: one sequential stream reads faster than
+// several tiles in parallel). More rows run RT x MA register tiles over groups of tiles whose
+// weights (~256 KiB) stay in L2 while every activation row passes over them.
 template <class T, int RT, int MA>
 void ternary_gemm_tiled(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                         int32_t* Y, int ldy, int n0, int n1) {
@@ -136,7 +133,7 @@ void ternary_gemm_tiled(const uint8_t* W, int N, int K, const int8_t* X, int ldx
     const int Kp = ternary_padded_k(K);
     const size_t tile_bytes = (size_t)Kp * 4;
     const int t0 = n0 / kTernaryRowTile, t1 = (n1 + kTernaryRowTile - 1) / kTernaryRowTile;
-    if (M == 1) return ternary_tiles<T, 1, 1>(t0, t1, 1, 0, W, tile_bytes, Kp, X, ldx, Y, ldy, n0, n1);
+    if (M < MA) return ternary_tiles<T, 1, MA>(t0, t1, M, 0, W, tile_bytes, Kp, X, ldx, Y, ldy, n0, n1);
     const int fit = (int)((256 * 1024) / tile_bytes) / RT * RT;
     const int group = fit > RT ? fit : RT;
     for (int tg = t0; tg < t1; tg += group)

@@ -14,6 +14,7 @@ struct Ymm {
         return _mm256_set1_epi32(v);
     }
     static V zero() { return _mm256_setzero_si256(); }
+    static V add16(V a, V b) { return _mm256_add_epi16(a, b); }
     static V add32(V a, V b) { return _mm256_add_epi32(a, b); }
     static void store(int32_t* y, V v) { _mm256_storeu_si256((__m256i*)y, v); }
 };
