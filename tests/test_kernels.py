@@ -7,10 +7,10 @@ from wrinklefree_rt import _core
 NAMES = _core.kernel_names()
 SIMD = [n for n in NAMES if n != "generic"]
 # Shapes straddle the layout's 16-row tiles and 16/128-wide K chunks, and the tiles the SIMD
-# loops use (up to 64 rows, 8 activation rows).
+# loops use (up to 64 rows; 5 or 6 activation rows, below which batches take a streaming path).
 NS = [1, 15, 16, 17, 33, 70, 130]
 KS = [1, 5, 31, 128, 129, 300, 1000]
-MS = [1, 2, 3, 5, 8, 13, 33]
+MS = [1, 2, 3, 4, 5, 6, 8, 13, 33]
 
 
 def test_generic_is_always_there():

@@ -24,6 +24,7 @@ struct Zmm {
     using V = __m512i;
     static constexpr int kVecsPerTile = 1;
     static constexpr int kLanes = 16;
+    static constexpr int kAccRegs = 24;
     static constexpr bool kWidens = false;
     static V load(const uint8_t* chunk, int) { return _mm512_loadu_si512(chunk); }
     static V codes(V raw, int s) { return _mm512_and_si512(_mm512_srli_epi16(raw, 2 * s), _mm512_set1_epi8(3)); }

@@ -3,7 +3,7 @@
 // Include only from an ISA file, after its `#pragma GCC target`, and inside an anonymous
 // namespace, so every instantiation is compiled for (and private to) that ISA.
 //
-// Traits T provide: V (vector type); kVecsPerTile (vectors per 16-row tile: 2 for 256-bit,
+// Traits T provide: V (vector type); kAccRegs (vector registers free for accumulators); kVecsPerTile (vectors per 16-row tile: 2 for 256-bit,
 // 1 for 512-bit); kLanes (int32 lanes per vector); kWidens (true when dot() accumulates in
 // int16 and must be widened once per K block, then also add16(a, b)); load(chunk, v); codes(raw, s) -> u in {0,1,2}
 // for shift group s; bcast(x) (4 activation bytes to every lane); zero(); dot(acc, w, x);
@@ -25,7 +25,7 @@ inline void prefetch_tiles(const uint8_t* W, size_t tile_bytes, int g) {
 // Independent accumulator sets over the four shift groups. A dpbusd accumulator is a latency
 // chain taking one dot per shift group per chunk: when a few activation rows stream weights from
 // DRAM (RT = 1), four dots in a row per chunk cap the rate at a third of DRAM speed, so each
-// accumulator is split over the shift groups as far as registers allow (24 of 32 zmm). maddubs
+// accumulator is split over the shift groups as far as registers allow (T::kAccRegs). maddubs
 // accumulates through a 1-cycle add and needs no split, except in the GEMV, where it measured
 // faster too. Register tiles (RT > 1) already have 16+ chains.
 template <class T, int RT, int MA>
@@ -34,7 +34,7 @@ constexpr int ternary_splits() {
     if (RT > 1) return 1;
     if (MA == 1) return 4;
     if (T::kWidens) return 1;
-    return 4 * chains <= 24 ? 4 : (2 * chains <= 24 ? 2 : 1);
+    return 4 * chains <= T::kAccRegs ? 4 : (2 * chains <= T::kAccRegs ? 2 : 1);
 }
 
 // Y tile for MA activation rows x RT row tiles of 16 rows, over all of K.

@@ -6,6 +6,7 @@ struct Ymm {
     using V = __m256i;
     static constexpr int kVecsPerTile = 2;
     static constexpr int kLanes = 8;
+    static constexpr int kAccRegs = 10;
     static V load(const uint8_t* chunk, int v) { return _mm256_loadu_si256((const __m256i*)(chunk + 32 * v)); }
     static V codes(V raw, int s) { return _mm256_and_si256(_mm256_srli_epi16(raw, 2 * s), _mm256_set1_epi8(3)); }
     static V bcast(const int8_t* x) {
