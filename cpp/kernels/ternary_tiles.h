@@ -3,10 +3,11 @@
 // Include only from an ISA file, after its `#pragma GCC target`, and inside an anonymous
 // namespace, so every instantiation is compiled for (and private to) that ISA.
 //
-// Traits T provide: V (vector type); kAccRegs (vector registers free for accumulators); kVecsPerTile (vectors per 16-row tile: 2 for 256-bit,
-// 1 for 512-bit); kLanes (int32 lanes per vector); kWidens (true when dot() accumulates in
-// int16 and must be widened once per K block, then also add16(a, b)); load(chunk, v); codes(raw, s) -> u in {0,1,2}
-// for shift group s; bcast(x) (4 activation bytes to every lane); zero(); dot(acc, w, x);
+// Traits T provide: V (vector type); kAccRegs (vector registers free for accumulators);
+// kVecsPerTile (vectors per 16-row tile: 2 for 256-bit, 1 for 512-bit); kLanes (int32 lanes
+// per vector); kWidens (true when dot() accumulates in int16 and must be widened once per K
+// block, then also add16(a, b)); load(chunk, v); codes(raw, s) -> u in {0,1,2} for shift
+// group s; bcast(x) (4 activation bytes to every lane); zero(); dot(acc, w, x);
 // widen(acc) -> int32 lanes; add32(a, b); store(int32_t*, V).
 
 // Each activation row's K block is 32 dot steps: |u * x| pair sums are <= 2 * 2 * 128 = 512,
@@ -19,7 +20,8 @@ constexpr int kPrefetchChunks = 128;
 
 template <int RT>
 inline void prefetch_tiles(const uint8_t* W, size_t tile_bytes, int g) {
-    WFRT_UNROLL for (int r = 0; r < RT; ++r) _mm_prefetch((const char*)(W + r * tile_bytes + (size_t)(g + kPrefetchChunks) * 64), _MM_HINT_T0);
+    WFRT_UNROLL for (int r = 0; r < RT; ++r)
+        _mm_prefetch((const char*)(W + r * tile_bytes + (size_t)(g + kPrefetchChunks) * 64), _MM_HINT_T0);
 }
 
 // Independent accumulator sets over the four shift groups. A dpbusd accumulator is a latency
