@@ -25,15 +25,13 @@ def random_tensors(cfg, seed=0, prepacked=False):
     QD, KD = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     shapes = {"q_proj": (QD, H), "k_proj": (KD, H), "v_proj": (KD, H), "o_proj": (H, QD),
               "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
-    # One random code matrix per shape, shared by the layers: the engine packs each layer's own copy.
-    # With prepacked, as the runtime's own format hands them over: packed bytes and the int8 head,
-    # used in place by the engine.
+    # One random code matrix per shape, shared by the layers; every layer still gets its own packed
+    # copy (packed by the engine, or here with prepacked, as the runtime's own format hands them
+    # over), so decode reads the real 2B byte count.
     codes = {}
     for name, shape in shapes.items():
         if shape not in codes:
             codes[shape] = rng.integers(-1, 2, size=shape, dtype=np.int8)
-    if prepacked:
-        codes = {shape: ternary_pack(c) for shape, c in codes.items()}
     t = {"embed_tokens": rng.standard_normal((V, H), dtype=np.float32),
          "norm": np.ones(H, np.float32)}
     for i in range(cfg.num_hidden_layers):
@@ -42,7 +40,8 @@ def random_tensors(cfg, seed=0, prepacked=False):
                         ("ffn_sub_norm", I)):
             t[p + n] = np.ones(size, np.float32)
         for name, shape in shapes.items():
-            t[p + name] = TernaryWeight(codes[shape], 0.01, shape)
+            data = ternary_pack(codes[shape]) if prepacked else codes[shape]
+            t[p + name] = TernaryWeight(data, 0.01, shape)
     if prepacked:
         t["lm_head_i8"], t["lm_head_i8.scales"] = quantize_lm_head_i8(t["embed_tokens"])
     return t
