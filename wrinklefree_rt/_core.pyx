@@ -86,7 +86,8 @@ def _int32_array(what, values, n):
     if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
         raise ValueError(f"{what} must be integers, got dtype {a.dtype}")
     if a.ndim != 1 or (n is not None and a.shape[0] != n):
-        raise ValueError(f"{what} must be a 1-D array of length {n}, got shape {a.shape}")
+        length = "" if n is None else f" of length {n}"
+        raise ValueError(f"{what} must be a 1-D array{length}, got shape {a.shape}")
     if a.size and (int(a.min()) < _INT32_MIN or int(a.max()) > _INT32_MAX):
         raise ValueError(f"{what} holds values outside int32")
     return np.ascontiguousarray(a, dtype=np.int32)
