@@ -43,6 +43,7 @@ BAD_STEPS = {
     "top_p zero": (dict(out_mode=[1], top_p=[0.0]), "top_p"),
     "uniform one": (dict(out_mode=[1], uniform=[1.0]), "uniform"),
     "length mismatch": (dict(positions=[0, 1]), "positions must be a 1-D array of length 1"),
+    "scalar slots": (dict(slots=0), "slots must be a 1-D array, got shape"),
     "float tokens": (dict(token_ids=[1.5]), "token_ids must be integers"),
     "token beyond int32": (dict(token_ids=[2 ** 40]), "outside int32"),
 }
