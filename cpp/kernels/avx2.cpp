@@ -27,16 +27,15 @@ struct Avx2Dot : Ymm {
     static V widen(V acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
 };
 
-void ternary_gemm_avx2(const uint8_t* W, int N, int K, const int8_t* X,
-                                                                  int ldx, int M, int32_t* Y, int ldy, int n0, int n1) {
+void ternary_gemm_avx2(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0,
+                       int n1) {
     ternary_gemm_tiled<Avx2Dot, 1, 5>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 // Signed x signed int8: |w| (u8, exact even for -128) times x with w's sign (exact for x > -128);
 // maddubs pair sums reach 2 * 128 * 127 and are widened at once.
 template <int RW, int MA>
-inline void i8_micro(const int8_t* W, int K, const int8_t* X, int ldx,
-                                                                int32_t out[MA][RW]) {
+inline void i8_micro(const int8_t* W, int K, const int8_t* X, int ldx, int32_t out[MA][RW]) {
     __m256i acc[RW][MA];
     WFRT_UNROLL for (int r = 0; r < RW; ++r)
         WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_si256();
@@ -69,8 +68,7 @@ struct I8Kernel {
     }
 };
 
-void i8_gemm_avx2(const int8_t* W, int N, int K, const int8_t* X, int ldx,
-                                                             int M, int32_t* Y, int ldy, int n0, int n1) {
+void i8_gemm_avx2(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0, int n1) {
     (void)N;
     // One activation row reads W row after row: one sequential stream is what DRAM serves fastest
     // (measured: ~95% of a plain streaming read, against ~80% for four rows at a time).
@@ -80,8 +78,7 @@ void i8_gemm_avx2(const int8_t* W, int N, int K, const int8_t* X, int ldx,
 }
 
 template <int RW, int MA>
-inline void f32_micro(const float* W, int K, const float* X, int ldx,
-                                                                 float out[MA][RW]) {
+inline void f32_micro(const float* W, int K, const float* X, int ldx, float out[MA][RW]) {
     __m256 acc[RW][MA];
     WFRT_UNROLL for (int r = 0; r < RW; ++r)
         WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[r][m] = _mm256_setzero_ps();
@@ -110,15 +107,13 @@ struct F32Kernel {
     }
 };
 
-void f32_gemm_avx2(const float* W, int N, int K, const float* X, int ldx,
-                                                              int M, float* Y, int ldy, int n0, int n1) {
+void f32_gemm_avx2(const float* W, int N, int K, const float* X, int ldx, int M, float* Y, int ldy, int n0, int n1) {
     (void)N;
     rows_by_tiles<4, 2>(n0, n1, M, (size_t)K * 4, RowMicro<float, float, F32Kernel>{W, K, X, ldx, Y, ldy});
 }
 
 // Same arithmetic as the generic one (x * a in fp32, round half to even, clamp), 8 at a time.
-void quantize_row_i8_avx2(const float* x, int K, int K_padded, int8_t* xq,
-                                                                     float* scale, int32_t* sum) {
+void quantize_row_i8_avx2(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 vmax = _mm256_setzero_ps();
     int k = 0;

@@ -17,7 +17,7 @@
 namespace wfrt {
 
 extern const KernelTable kGenericKernels;
-// Compiled with per-function target attributes; only valid where dispatch.cpp says the CPU runs them.
+// Compiled under per-file target pragmas; only valid where dispatch.cpp says the CPU runs them.
 extern const KernelTable kAvx2Kernels;
 extern const KernelTable kAvxVnniKernels;
 extern const KernelTable kAvx512VnniKernels;

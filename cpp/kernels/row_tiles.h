@@ -25,14 +25,15 @@ inline void rows_by_tiles(int N0, int N1, int M, size_t row_bytes, Micro micro) 
 template <class Elem, class Acc, template <int, int> class Kernel>
 struct RowMicro {
     const Elem* W; int K; const Elem* X; int ldx; Acc* Y; int ldy;
+    // `ma` (1..MA) activation rows: the tail of M runs a smaller instance.
     template <int RW, int MA>
     void run(int n, int m0, int ma) {
+        if constexpr (MA > 1) {
+            if (ma < MA) return run<RW, MA - 1>(n, m0, ma);
+        }
         Acc out[MA][RW];
-        if (ma == MA) Kernel<RW, MA>::call(W + (size_t)n * K, K, X + (size_t)m0 * ldx, ldx, out);
-        else
-            for (int m = 0; m < ma; ++m) Kernel<RW, 1>::call(W + (size_t)n * K, K, X + (size_t)(m0 + m) * ldx, ldx, &out[m]);
-        for (int m = 0; m < ma; ++m)
+        Kernel<RW, MA>::call(W + (size_t)n * K, K, X + (size_t)m0 * ldx, ldx, out);
+        for (int m = 0; m < MA; ++m)
             for (int r = 0; r < RW; ++r) Y[(size_t)(m0 + m) * ldy + n + r] = out[m][r];
     }
 };
-
