@@ -18,6 +18,7 @@ namespace wfrt {
 // subtracts sum_k x[k] once per activation row.
 size_t ternary_packed_bytes(int N, int K);
 // q: N x K row-major int8 in {-1, 0, 1}.  out: ternary_packed_bytes(N, K) bytes.
+// Throws std::invalid_argument naming the first code outside {-1, 0, 1}.
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out);
 // K must be padded to this multiple for activations handed to the kernels (zero padded).
 constexpr int kTernaryKBlock = 128;
