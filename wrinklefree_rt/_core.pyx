@@ -46,8 +46,13 @@ cdef ModelConfig _model_config(config) except *:
     return c
 
 
-cdef _tensor_view(name, value, TensorView* view, list keep):
-    """Fill `view` from a numpy array or a TernaryWeight; arrays it points at go into `keep`."""
+# Tensors the engine uses in place (cpp/engine.h, TensorView); the rest it copies or packs.
+_BORROWED_F32 = frozenset({"embed_tokens", "lm_head", "lm_head_i8.scales"})
+
+
+cdef _tensor_view(name, value, TensorView* view, list hold, list keep):
+    """Fill `view` from a numpy array or a TernaryWeight. The array it points at goes into `hold`
+    (alive while the engine loads) and, when the engine keeps using it, into `keep`."""
     if hasattr(value, "scale") and hasattr(value, "data") and not isinstance(value, np.ndarray):
         arr = np.asarray(value.data)
         view.scale = value.scale
@@ -72,7 +77,9 @@ cdef _tensor_view(name, value, TensorView* view, list keep):
         raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
                                f"{type(value).__name__} is neither a numpy array nor a TernaryWeight")
     arr = np.ascontiguousarray(arr)
-    keep.append(arr)
+    hold.append(arr)
+    if view.dtype in (_TERNARY_PACKED, _I8) or (view.dtype == _F32 and name in _BORROWED_F32):
+        keep.append(arr)
     view.data = <const void*><size_t>arr.ctypes.data
     view.shape.clear()
     for d in arr.shape:
@@ -153,13 +160,14 @@ cdef class BitNetBatchEngine:
         opt.isa = str(isa).encode()
         cdef vector[NamedTensor] named
         cdef NamedTensor nt
-        keep = []
+        hold, keep = [], []
         for name, value in tensors.items():
             nt.name = str(name).encode()
-            _tensor_view(name, value, &nt.view, keep)
+            _tensor_view(name, value, &nt.view, hold, keep)
             named.push_back(nt)
         with nogil:
             self._eng = new CppEngine(cfg, opt, named)
+        del hold
         self._keep = keep
         self.config = config
         self.vocab_size = cfg.vocab_size
