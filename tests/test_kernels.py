@@ -112,6 +112,27 @@ def test_f32_gemm_matches_reference(name):
                 assert (np.abs(got - want) <= bound + 1e-30).all(), f"{name} N={N} K={K} M={M}"
 
 
+@pytest.mark.parametrize("name", SIMD)
+def test_row_major_gemm_row_ranges(name):
+    rng = np.random.default_rng(17)
+    N, K, M = 150, 300, 7
+    Wi = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    Xi = rng.integers(-127, 128, (M, K)).astype(np.int8)
+    Wf = rng.standard_normal((N, K)).astype(np.float32)
+    Xf = rng.standard_normal((M, K)).astype(np.float32)
+    want_i = Xi.astype(np.int64) @ Wi.astype(np.int64).T
+    want_f = _core.f32_gemm("generic", Wf, Xf)
+    for n0, n1 in [(0, 64), (64, 150), (5, 6), (17, 149), (33, 33)]:
+        out_i = np.full((M, N), -7, np.int32)
+        _core.i8_gemm(name, Wi, Xi, out=out_i, n0=n0, n1=n1)
+        np.testing.assert_array_equal(out_i[:, n0:n1], want_i[:, n0:n1])
+        assert (out_i[:, :n0] == -7).all() and (out_i[:, n1:] == -7).all()
+        out_f = np.full((M, N), -7, np.float32)
+        _core.f32_gemm(name, Wf, Xf, out=out_f, n0=n0, n1=n1)
+        np.testing.assert_allclose(out_f[:, n0:n1], want_f[:, n0:n1], rtol=1e-4, atol=1e-4)
+        assert (out_f[:, :n0] == -7).all() and (out_f[:, n1:] == -7).all()
+
+
 def quantize_reference(x):
     a = np.float32(127) / max(np.float32(np.abs(x).max()), np.float32(1e-5))
     q = np.clip(np.rint(x * a), -128, 127).astype(np.int8)
