@@ -110,3 +110,14 @@ def test_block_causal_matches_4d_mask_reference(model):
     assert np.abs(blocks - ref).max() <= 1e-3 * scale
     # It is not the causal answer: inside a block, early rows see later ones.
     assert np.abs(one - hf_logits(hf, ids)).max() > 1e-2 * scale
+
+
+def test_unwritten_positions_of_an_open_block_are_invisible(model):
+    hf, cfg, tensors = model
+    eng = make_engine(cfg, tensors, lm_head="fp32")
+    ids = random_ids(cfg, 5, seed=13)
+    # B = 8 but only positions 0..4 written: every row sees exactly 0..4 (the high-water mark),
+    # which is transformers' bidirectional attention over those 5 tokens.
+    ours = prefill(eng, fresh_sequence(eng, 16, attn_block=8), ids)
+    ref = hf_logits(hf, ids, attn_block=8)
+    assert np.abs(ours - ref).max() <= 1e-3 * np.abs(ref).max()
