@@ -20,6 +20,7 @@ struct ModelConfig {
     int vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
     int num_heads = 0, num_kv_heads = 0, head_dim = 0, max_positions = 0;
     float rms_norm_eps = 1e-5f, rope_theta = 500000.0f;
+    bool tie_word_embeddings = false;  // the LM head is embed_tokens (an lm_head tensor is then ignored)
 };
 
 enum class LmHeadPrecision { F32 = 0, I8 = 1 };

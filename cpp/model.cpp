@@ -168,12 +168,12 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
         }
     }
 
-    // The head, validated before any heavy work.
+    // The head, validated before any heavy work. Tied: embed_tokens, as transformers ties it.
     const TensorView* head_f32 = find(m, "lm_head", false);
-    if (head_f32) {
+    if (cfg.tie_word_embeddings) {
+        head_f32 = &emb;
+    } else if (head_f32) {
         expect("lm_head", *head_f32, 0, {V, H});
-    } else {
-        head_f32 = &emb;  // tied
     }
     const TensorView* head_i8 = find(m, "lm_head_i8", false);
     const TensorView* head_i8_scales = find(m, "lm_head_i8.scales", false);
@@ -190,6 +190,10 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
     for (const auto& [name, entry] : m)
         if (!entry.used)
             throw BadTensor(name, "is not a tensor of this model (config: " + std::to_string(cfg.num_layers) + " layers)");
+
+    if (head_f32 == nullptr && (precision == LmHeadPrecision::F32 || head_i8 == nullptr))
+        throw BadTensor("lm_head", std::string("missing (tie_word_embeddings is false") +
+                                       (head_i8 ? "; the fp32 head needs the float weights, only lm_head_i8 was given)" : ")"));
 
     head.precision = precision;
     if (precision == LmHeadPrecision::F32) {

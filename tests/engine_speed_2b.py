@@ -16,7 +16,8 @@ from wrinklefree_rt.formats.ternary import TernaryWeight
 
 SHAPE = SimpleNamespace(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
                         num_attention_heads=20, num_key_value_heads=5, head_dim=128, rms_norm_eps=1e-5,
-                        rope_theta=500000.0, max_position_embeddings=4096)
+                        rope_theta=500000.0, max_position_embeddings=4096,
+                        tie_word_embeddings=True)
 
 
 def random_tensors(cfg, seed=0, prepacked=False):

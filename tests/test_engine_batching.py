@@ -155,3 +155,13 @@ def test_engine_does_not_keep_what_it_copied(model):
     assert codes() is None and norm() is None  # packed / copied at load
     assert embed() is not None                 # used in place
     assert eng.pages_total > 0
+
+
+def test_tied_head_is_embed_tokens_whatever_lm_head_says():
+    _, cfg, tensors = hf_and_tensors(seed=4, **dict(CFG, tie_word_embeddings=True))
+    assert cfg.tie_word_embeddings and "lm_head" not in tensors
+    ids = random_ids(cfg, 10, seed=3)
+    a = make_engine(cfg, tensors)
+    # transformers ties the head to the embeddings whatever lm_head tensor a checkpoint carries.
+    b = make_engine(cfg, dict(tensors, lm_head=np.zeros_like(tensors["embed_tokens"])))
+    assert np.array_equal(prefill(a, fresh_sequence(a, 10), ids), prefill(b, fresh_sequence(b, 10), ids))

@@ -152,6 +152,7 @@ def test_bad_tensors_are_model_format_errors(model):
     q = tensors["layers.1.q_proj"]
     cases = {
         "missing": ("layers.0.ffn_sub_norm", None, "missing"),
+        "missing untied head": ("lm_head", None, "tie_word_embeddings is false"),
         "wrong shape": ("norm", np.ones(7, np.float32), r"expected shape \(64,\)"),
         "wrong dtype": ("embed_tokens", tensors["embed_tokens"].astype(np.int32), "dtype int32"),
         "nan scale": ("layers.1.q_proj", TernaryWeight(q.data, float("nan"), q.shape), "scale"),

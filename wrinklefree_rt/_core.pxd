@@ -16,6 +16,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int vocab_size, hidden_size, intermediate_size, num_layers
         int num_heads, num_kv_heads, head_dim, max_positions
         float rms_norm_eps, rope_theta
+        bool tie_word_embeddings
 
     cdef enum class LmHeadPrecision(int):
         F32

@@ -41,6 +41,7 @@ cdef ModelConfig _model_config(config) except *:
         c.max_positions = config.max_position_embeddings
         c.rms_norm_eps = config.rms_norm_eps
         c.rope_theta = config.rope_theta
+        c.tie_word_embeddings = config.tie_word_embeddings
     except AttributeError as e:
         raise TypeError(f"config lacks a model field: {e}") from None
     return c
