@@ -62,6 +62,50 @@ __attribute__((target("avx2"))) int64_t stream_read(const uint8_t* p, size_t n) 
 
 volatile int64_t g_sink;
 
+// Peak MAC rates of the dot instructions: 12 independent accumulator chains, operands in registers.
+#define WFRT_CHAINS(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+__attribute__((target("avx2"), noinline)) int maddubs_loop(long iters, char c) {
+    __m256i w = _mm256_set1_epi8(c), x = _mm256_set1_epi8((char)(c + 1));
+#define WFRT_INIT(i) __m256i a##i = _mm256_set1_epi16(i);
+    WFRT_CHAINS(WFRT_INIT)
+#define WFRT_STEP(i) a##i = _mm256_add_epi16(a##i, _mm256_maddubs_epi16(w, x));
+    for (long n = 0; n < iters; ++n) {
+        WFRT_CHAINS(WFRT_STEP)
+        __asm__ volatile("" : "+x"(w));
+    }
+#define WFRT_SUM(i) a0 = _mm256_add_epi16(a0, a##i);
+    WFRT_CHAINS(WFRT_SUM)
+    return _mm256_extract_epi16(a0, 0);
+}
+#undef WFRT_INIT
+#undef WFRT_STEP
+#undef WFRT_SUM
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) int dpbusd_loop(long iters, char c) {
+    __m512i w = _mm512_set1_epi8(c), x = _mm512_set1_epi8((char)(c + 1));
+#define WFRT_INIT(i) __m512i a##i = _mm512_set1_epi32(i);
+    WFRT_CHAINS(WFRT_INIT)
+#define WFRT_STEP(i) a##i = _mm512_dpbusd_epi32(a##i, w, x);
+    for (long n = 0; n < iters; ++n) {
+        WFRT_CHAINS(WFRT_STEP)
+        __asm__ volatile("" : "+v"(w));
+    }
+#define WFRT_SUM(i) a0 = _mm512_add_epi32(a0, a##i);
+    WFRT_CHAINS(WFRT_SUM)
+    return _mm_cvtsi128_si32(_mm512_castsi512_si128(a0));
+}
+
+void print_peaks() {
+    const long iters = 20000000;
+    std::vector<std::function<void()>> loops = {[&] { g_sink = maddubs_loop(iters, 1); }};
+    const bool vnni512 = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    if (vnni512) loops.push_back([&] { g_sink = dpbusd_loop(iters, 1); });
+    const auto best = fastest(loops, 3, 1.0);
+    std::printf("peak per thread: maddubs+add16 (ymm) %.1f GMAC/s", iters * 12 * 32 / best[0] / 1e9);
+    if (vnni512) std::printf(", dpbusd (zmm) %.1f GMAC/s", iters * 12 * 64 / best[1] / 1e9);
+    std::printf("\n");
+}
+
 void bench_ternary(const KernelTable& t, int N, int K, int threads) {
     std::mt19937 rng(1);
     std::vector<int8_t> q((size_t)N * K);
@@ -134,6 +178,7 @@ int main(int argc, char** argv) {
         for (int i = 1; i < argc; ++i) wanted |= std::string(argv[i]) == t->name;
         if (wanted) tables.push_back(t);
     }
+    print_peaks();
     const int shapes[][2] = {{2560, 2560}, {6912, 2560}, {2560, 6912}};
     for (const KernelTable* t : tables) {
         for (const auto& s : shapes)
