@@ -37,9 +37,26 @@ def model(request):
 TIE_MARGIN = 1e-4
 
 
+def _reach(margins, attn_block=1):
+    """Per row, the smallest rounding margin of any row it attends to (directly or through
+    the K/V of earlier layers): rows of its own and earlier attention blocks."""
+    m = np.asarray(margins)
+    return np.array([m[:(r // attn_block + 1) * attn_block].min() for r in range(len(m))])
+
+
+def _assert_matches(ours, ref, reach, max_off_rows):
+    """Within 1e-3 of the logit scale, except rows that an activation sitting on an int8 rounding
+    boundary in the reference can reach; those stay close and are at most `max_off_rows`."""
+    scale = np.abs(ref).max()
+    row_err = np.abs(ours - ref).max(-1)
+    off = row_err > 1e-3 * scale
+    assert (reach[off] < TIE_MARGIN).all(), (row_err[off] / scale, reach[off])
+    assert off.mean() <= max_off_rows
+    assert row_err.max() <= 2e-2 * scale
+
+
 def _all_logits(eng, cfg, hf, margins=None):
-    """Logits of all LENGTHS sequences, and (into `margins`) per row the smallest rounding
-    margin of that row or any earlier row of its sequence (a flipped row changes its K/V)."""
+    """Logits of all LENGTHS sequences, and (into `margins`) each row's rounding reach."""
     ours, ref = [], []
     for i, n in enumerate(LENGTHS):
         ids = random_ids(cfg, n, seed=100 + i)
@@ -48,7 +65,7 @@ def _all_logits(eng, cfg, hf, margins=None):
         seq_margins = [] if margins is not None else None
         ref.append(hf_logits(hf, ids, margins=seq_margins))
         if margins is not None:
-            margins.extend(np.minimum.accumulate(seq_margins))
+            margins.extend(_reach(seq_margins))
         eng.free_sequence(slot)
     return np.concatenate(ours), np.concatenate(ref)
 
@@ -57,14 +74,7 @@ def test_fp32_head_matches_transformers(model):
     hf, cfg, tensors = model
     margins = []
     ours, ref = _all_logits(make_engine(cfg, tensors, lm_head="fp32"), cfg, hf, margins)
-    scale = np.abs(ref).max()
-    row_err = np.abs(ours - ref).max(-1)
-    off = row_err > 1e-3 * scale
-    # Every row is within 1e-3 of the logit scale, except rows downstream of an activation that
-    # sits on an int8 rounding boundary in the reference; those are rare and stay close.
-    assert (np.asarray(margins)[off] < TIE_MARGIN).all(), (row_err[off], np.asarray(margins)[off])
-    assert off.mean() <= 0.05
-    assert row_err.max() <= 2e-2 * scale
+    _assert_matches(ours, ref, np.asarray(margins), max_off_rows=0.05)
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
 
 
@@ -101,13 +111,14 @@ def test_block_causal_matches_4d_mask_reference(model):
     hf, cfg, tensors = model
     eng = make_engine(cfg, tensors, lm_head="fp32")
     ids = random_ids(cfg, 30, seed=11)
-    ref = hf_logits(hf, ids, attn_block=4)
+    margins = []
+    ref = hf_logits(hf, ids, attn_block=4, margins=margins)
     # Whole sequence in one step, and block by block (each step writes one whole block).
     one = prefill(eng, fresh_sequence(eng, 30, attn_block=4), ids)
     blocks = prefill(eng, fresh_sequence(eng, 30, attn_block=4), ids, chunk=4)
     scale = np.abs(ref).max()
-    assert np.abs(one - ref).max() <= 1e-3 * scale
-    assert np.abs(blocks - ref).max() <= 1e-3 * scale
+    _assert_matches(one, ref, _reach(margins, 4), max_off_rows=0.2)
+    _assert_matches(blocks, ref, _reach(margins, 4), max_off_rows=0.2)
     # It is not the causal answer: inside a block, early rows see later ones.
     assert np.abs(one - hf_logits(hf, ids)).max() > 1e-2 * scale
 
@@ -119,5 +130,6 @@ def test_unwritten_positions_of_an_open_block_are_invisible(model):
     # B = 8 but only positions 0..4 written: every row sees exactly 0..4 (the high-water mark),
     # which is transformers' bidirectional attention over those 5 tokens.
     ours = prefill(eng, fresh_sequence(eng, 16, attn_block=8), ids)
-    ref = hf_logits(hf, ids, attn_block=8)
-    assert np.abs(ours - ref).max() <= 1e-3 * np.abs(ref).max()
+    margins = []
+    ref = hf_logits(hf, ids, attn_block=8, margins=margins)
+    _assert_matches(ours, ref, _reach(margins, 8), max_off_rows=1.0)
