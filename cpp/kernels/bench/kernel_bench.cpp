@@ -7,6 +7,8 @@
 // weights rotate over >= 256 MiB of copies so each call reads them from DRAM like a model's
 // layers do. "stream" is a plain AVX2 read of the same bytes with the same thread split, measured
 // in the same rounds: the ceiling a memory-bound GEMV can reach.
+// GCC 12's 512-bit casts start from _mm512_undefined_*() and warn.
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
