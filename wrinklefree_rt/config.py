@@ -128,18 +128,25 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_json(cls, data: bytes | str, source: str = "<config>") -> "ModelConfig":
         """Decode a ``ModelConfig`` previously written by ``to_json`` (and re-validate it)."""
-        try:
-            cfg = msgspec.json.decode(data, type=cls)
-        except msgspec.ValidationError as e:
-            raise _validation_error(source, e) from None
-        except msgspec.DecodeError as e:
-            raise ModelFormatError(source, None, f"config is not valid JSON: {e}") from None
+        cfg = _decode(data, cls, source)
         _check(cfg, source)
         return cfg
 
 
 def _field_error(source: str, field: str, problem: str) -> ModelFormatError:
     return ModelFormatError(source, None, f"field `$.{field}`: {problem}")
+
+
+def _decode(data, type_, source: str):
+    """JSON bytes/str (or an already-decoded dict) -> ``type_``; errors name ``source`` and the field."""
+    try:
+        if isinstance(data, dict):
+            return msgspec.convert(data, type=type_)
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.ValidationError as e:
+        raise _validation_error(source, e) from None
+    except msgspec.DecodeError as e:
+        raise ModelFormatError(source, None, f"config is not valid JSON: {e}") from None
 
 
 def _validation_error(source: str, e: msgspec.ValidationError) -> ModelFormatError:
@@ -251,15 +258,7 @@ def parse_config(data: bytes | str | dict[str, Any], source: str = "config.json"
 
     Raises ``ModelFormatError`` naming ``source`` and the offending field path.
     """
-    try:
-        if isinstance(data, dict):
-            raw = msgspec.convert(data, type=_HFConfig)
-        else:
-            raw = msgspec.json.decode(data, type=_HFConfig)
-    except msgspec.ValidationError as e:
-        raise _validation_error(source, e) from None
-    except msgspec.DecodeError as e:
-        raise ModelFormatError(source, None, f"config is not valid JSON: {e}") from None
+    raw = _decode(data, _HFConfig, source)
 
     if raw.model_type is None:
         raise _field_error(source, "model_type", "missing (required, must be 'bitnet')")
@@ -311,13 +310,10 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     dlm_path = model_dir / "dlm_config.json"
     if dlm_path.is_file():
         try:
-            extra = msgspec.json.decode(dlm_path.read_bytes(), type=_DlmConfig)
-        except msgspec.ValidationError as e:
-            raise _validation_error(str(dlm_path), e) from None
-        except msgspec.DecodeError as e:
-            raise ModelFormatError(str(dlm_path), None, f"config is not valid JSON: {e}") from None
+            dlm_data = dlm_path.read_bytes()
         except OSError as e:
             raise ModelFormatError(str(dlm_path), None, f"cannot read config: {e.strerror or e}") from None
+        extra = _decode(dlm_data, _DlmConfig, str(dlm_path))
         updates = {k: getattr(extra, k) for k in ("mask_token_id", "bd_size", "shift")
                    if getattr(extra, k) is not None and getattr(cfg, k) is None}
         if updates:
