@@ -8,7 +8,7 @@
 // per vector); kWidens (true when dot() accumulates in int16 and must be widened once per K
 // block, then also add16(a, b)); load(chunk, v); codes(raw, s) -> u in {0,1,2} for shift
 // group s; bcast(x) (4 activation bytes to every lane); zero(); dot(acc, w, x);
-// widen(acc) -> int32 lanes; add32(a, b); store(int32_t*, V).
+// widen(acc) -> int32 lanes; add32(a, b); load32(const int32_t*); store(int32_t*, V).
 
 // Each activation row's K block is 32 dot steps: |u * x| pair sums are <= 2 * 2 * 128 = 512,
 // so an int16 accumulator over one block stays within 32 * 512 = 16384.
@@ -41,21 +41,29 @@ constexpr int ternary_splits() {
 
 // Y tile for MA activation rows x RT row tiles of 16 rows, over all of K.
 // W points at the first tile's first chunk; tiles are `tile_bytes` apart.
+// Widening types keep the int32 totals in `out` between K blocks rather than in registers: with
+// 16 ymm registers, live totals made GCC spill the block accumulators inside the hot loop.
 template <class T, int RT, int MA>
 inline void ternary_micro(const uint8_t* W, size_t tile_bytes, int Kp, const int8_t* X, int ldx,
                           int32_t* out /* [MA][RT * 16] */) {
     using V = typename T::V;
     constexpr int NV = RT * T::kVecsPerTile;
     constexpr int S = ternary_splits<T, RT, MA>();
-    V tot[MA][NV];
+    V tot[T::kWidens ? 1 : MA][NV];
     WFRT_UNROLL for (int m = 0; m < MA; ++m)
-        WFRT_UNROLL for (int v = 0; v < NV; ++v) tot[m][v] = T::zero();
+        WFRT_UNROLL for (int v = 0; v < NV; ++v) {
+            if constexpr (T::kWidens) T::store(out + m * RT * 16 + v * T::kLanes, T::zero());
+            else tot[m][v] = T::zero();
+        }
     for (int kb = 0; kb < Kp; kb += kTernaryKBlock) {
         // Without widening, partial set 0 continues tot itself (no second register set).
         V blk[S][MA][NV];
         WFRT_UNROLL for (int j = 0; j < S; ++j)
             WFRT_UNROLL for (int m = 0; m < MA; ++m)
-                WFRT_UNROLL for (int v = 0; v < NV; ++v) blk[j][m][v] = T::kWidens || j > 0 ? T::zero() : tot[m][v];
+                WFRT_UNROLL for (int v = 0; v < NV; ++v) {
+                    if constexpr (T::kWidens) blk[j][m][v] = T::zero();
+                    else blk[j][m][v] = j > 0 ? T::zero() : tot[m][v];
+                }
         for (int g = kb / 16; g < (kb + kTernaryKBlock) / 16; ++g) {
             prefetch_tiles<RT>(W, tile_bytes, g);
             V raw[NV];
@@ -75,15 +83,17 @@ inline void ternary_micro(const uint8_t* W, size_t tile_bytes, int Kp, const int
                 if constexpr (T::kWidens) {
                     // Partial int16 sums of one block together stay within the bound above.
                     WFRT_UNROLL for (int j = 1; j < S; ++j) blk[0][m][v] = T::add16(blk[0][m][v], blk[j][m][v]);
-                    tot[m][v] = T::add32(tot[m][v], T::widen(blk[0][m][v]));
+                    int32_t* o = out + m * RT * 16 + v * T::kLanes;
+                    T::store(o, T::add32(T::load32(o), T::widen(blk[0][m][v])));
                 } else {
                     WFRT_UNROLL for (int j = 1; j < S; ++j) blk[0][m][v] = T::add32(blk[0][m][v], blk[j][m][v]);
                     tot[m][v] = blk[0][m][v];
                 }
             }
     }
-    WFRT_UNROLL for (int m = 0; m < MA; ++m)
-        WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(out + m * RT * 16 + v * T::kLanes, tot[m][v]);
+    if constexpr (!T::kWidens)
+        WFRT_UNROLL for (int m = 0; m < MA; ++m)
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(out + m * RT * 16 + v * T::kLanes, tot[m][v]);
 }
 
 // Runs the micro kernel for `ma` (1..MA) activation rows: the tail of M uses a smaller instance.

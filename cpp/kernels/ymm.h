@@ -17,6 +17,7 @@ struct Ymm {
     static V zero() { return _mm256_setzero_si256(); }
     static V add16(V a, V b) { return _mm256_add_epi16(a, b); }
     static V add32(V a, V b) { return _mm256_add_epi32(a, b); }
+    static V load32(const int32_t* y) { return _mm256_loadu_si256((const __m256i*)y); }
     static void store(int32_t* y, V v) { _mm256_storeu_si256((__m256i*)y, v); }
 };
 
