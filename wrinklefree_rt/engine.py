@@ -207,6 +207,7 @@ class Engine:
         """Run a request to completion; returns its final ``RequestOutput``."""
         last = None
         async with self.generate_async(prompt, params, diffusion=diffusion, request_id=request_id) as stream:
+            stream._final_only = True
             async for last in stream:
                 pass
         return last
@@ -235,6 +236,7 @@ class Engine:
         async def one(i: int) -> None:
             try:
                 async with streams[i] as stream:
+                    stream._final_only = True
                     async for results[i] in stream:
                         pass
             except Exception as e:
@@ -272,7 +274,7 @@ class Engine:
 
     # ----- building a sequence --------------------------------------------------------------
     async def _submit(self, prompt: Prompt, sp: SamplingParams, dp: DiffusionParams | None,
-                      rid: str) -> Sequence:
+                      rid: str, final_only: bool) -> Sequence:
         if self._token is None or threading.get_ident() != self._loop_thread:
             raise EngineNotRunningError(
                 "the engine is not running in this event loop: use `async with engine:` "
@@ -281,6 +283,7 @@ class Engine:
             raise EngineClosedError("the engine is closing")
         text, ids = await self._tokenize(prompt)
         seq = self._make_sequence(text, ids, sp, dp, rid)
+        seq.output.final_only = final_only
         self._scheduler.add(seq)
         self._wake.set()
         return seq
@@ -411,6 +414,7 @@ class RequestStream:
         self.request_id = request_id
         self._seq: Sequence | None = None
         self._done = False
+        self._final_only = False  # yield only the final output (set before iterating)
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -420,7 +424,8 @@ class RequestStream:
             raise StopAsyncIteration
         try:
             if self._seq is None:
-                self._seq = await self._engine._submit(self._prompt, self._sp, self._dp, self.request_id)
+                self._seq = await self._engine._submit(self._prompt, self._sp, self._dp, self.request_id,
+                                                      self._final_only)
             seq = self._seq
             await seq.output.wait()
         except BaseException:

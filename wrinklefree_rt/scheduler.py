@@ -80,7 +80,7 @@ class Scheduler:
                 seq.fail(e)
                 continue
             self.stats.tokens += len(seq.output_ids) - before
-            if news or seq.finished:
+            if seq.finished or news and not seq.output.final_only:
                 seq.output.notify()
         self._release_ended()
         self.stats.schedule_time += time.perf_counter() - t0

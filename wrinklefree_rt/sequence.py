@@ -113,6 +113,9 @@ class OutputSlot:
     def __init__(self) -> None:
         self._event = anyio.Event()
         self.error: BaseException | None = None
+        # Set by consumers that read only the final output (generate, generate_batch): the
+        # engine then flags them once, when the request ends, instead of after every step.
+        self.final_only = False
 
     def notify(self) -> None:
         self._event.set()
