@@ -66,16 +66,17 @@ class Scheduler:
         self.stats.forwards += 1
         self.stats.rows += plan.n_rows
         self.stats.step_time += step_time
+        tokens, probs, errors = out.tokens.tolist(), out.probs.tolist(), out.errors
         for i, seg in enumerate(plan.segments):
             seq = seg.seq
             if seq.finished or seq.aborted:
                 continue
-            if i in out.errors:
-                seq.fail(out.errors[i])
+            if errors and i in errors:
+                seq.fail(errors[i])
                 continue
             before = len(seq.output_ids)
             try:
-                news = seq.apply(seg.work, out.tokens[seg.outs], out.probs[seg.outs])
+                news = seq.apply(seg.work, tokens[seg.outs], probs[seg.outs])
             except Exception as e:  # a bug or bad state in one request fails that request alone
                 seq.fail(e)
                 continue

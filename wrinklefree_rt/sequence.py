@@ -141,11 +141,15 @@ class Sequence:
         self.mask_id = dlm.mask_token_id if dlm else -1
         self.exclude_id = exclude_id  # never chosen by any output row (the model's mask token)
         self.stop_ids = stop_ids
-        self.limit = len(prompt_ids) + params.max_tokens  # positions [prompt_len, limit) may be generated
+        self.prompt_len = len(self.prompt_ids)
+        self.limit = self.prompt_len + params.max_tokens  # positions [prompt_len, limit) may be generated
 
         self.tokens = list(prompt_ids)
         self.kv_valid = 0
         self.block_start = self._align(self.prompt_len, self.block)
+        self.block_end = self.block_start + self.block
+        self._first_open = max(self.block_start, self.prompt_len)  # the open block's first generated position
+        self._fuse_commit = dlm is not None and dlm.fuse_commit
         self._preds: dict[int, tuple[int, float]] = {}  # row position -> (token, prob), while fresh
         self._scan = self.prompt_len  # positions before it are decoded and hold no stop token
         self.emitted = self.prompt_len
@@ -157,6 +161,7 @@ class Sequence:
         self.text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
         self.output_ids: list[int] = []
         self.status = Status.WAITING
+        self.finished = False  # status is FINISHED (read on every step: a plain attribute)
         self.slot_id: int | None = None
         self.aborted = False
         self.finish_reason: str | None = None
@@ -172,58 +177,47 @@ class Sequence:
 
     # ----- geometry -------------------------------------------------------------------------
     @property
-    def prompt_len(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def block_end(self) -> int:
-        return self.block_start + self.block
-
-    @property
     def kv_positions(self) -> int:
         """KV positions to reserve: up to the end of the block holding the last allowed token."""
         return self._align(self.limit + self.block - 1, self.block)
-
-    @property
-    def finished(self) -> bool:
-        return self.status is Status.FINISHED
 
     @staticmethod
     def _align(n: int, b: int) -> int:
         return n - n % b
 
-    def _first_open(self) -> int:
-        return max(self.block_start, self.prompt_len)
-
     def _set(self, pos: int, token: int) -> None:
         self.tokens[pos] = token
-        self.kv_valid = min(self.kv_valid, self._align(pos, self.attn_block))
+        aligned = pos - pos % self.attn_block
+        if aligned < self.kv_valid:
+            self.kv_valid = aligned
 
     def _open_block(self) -> None:
         """Fill the open block's generated positions with masks (AR: the pending token)."""
-        first = self._first_open()
-        self.tokens.extend([self.mask_id] * (self.block_end - len(self.tokens)))
-        for p in range(first, self.block_end):
-            self._set(p, self.mask_id)
+        first, end = self._first_open, self.block_end
+        self.tokens.extend([self.mask_id] * (end - len(self.tokens)))
+        if first < end:
+            self.tokens[first:end] = [self.mask_id] * (end - first)
+            self.kv_valid = min(self.kv_valid, self._align(first, self.attn_block))
 
     def _pending_fill(self) -> bool:
         """With shift, the block's first open position is taken from the previous row's
         prediction, computed with everything after that row absent. With ``fuse_commit`` (an
         approximation) that holds for the first block only: later blocks start all masked, so
         the previous block's commit rows share a forward with the new block's first step."""
-        first = self._first_open()
-        if self.dlm is not None and self.dlm.fuse_commit and first > self.prompt_len:
+        first = self._first_open
+        if self._fuse_commit and first > self.prompt_len:
             return False
         return self.shift and self.tokens[first] == self.mask_id
 
     def _candidates(self) -> list[int]:
         """Still-masked positions (below the limit) of the first sub-block that has any."""
         end = min(self.block_end, self.limit)
+        tokens, mask = self.tokens, self.mask_id
         for sub in range(self.block_start, end, self.sub_block):
-            c = [p for p in range(max(sub, self.prompt_len), min(sub + self.sub_block, end))
-                 if self.tokens[p] == self.mask_id]
-            if c:
-                return c
+            lo = max(sub, self.prompt_len)
+            part = tokens[lo:min(sub + self.sub_block, end)]
+            if mask in part:
+                return [lo + i for i, t in enumerate(part) if t == mask]
         return []
 
     # ----- scheduling -----------------------------------------------------------------------
@@ -236,7 +230,7 @@ class Sequence:
         """Rows this sequence needs next, within ``budget`` rows. The first sequence of a step
         may exceed it by one indivisible unit; others get None when they do not fit."""
         if self._pending_fill():
-            target = self._first_open()
+            target = self._first_open
             need, end, independent = [target - 1], target, target
             mode = MODE_SAMPLE if self.rng is not None else MODE_ARGMAX
         else:
@@ -261,13 +255,13 @@ class Sequence:
         return Work(start, end, need, [mode] * len(need), uniforms)
 
     # ----- results --------------------------------------------------------------------------
-    def apply(self, work: Work, tokens: np.ndarray, probs: np.ndarray) -> bool:
+    def apply(self, work: Work, tokens: list[int], probs: list[float]) -> bool:
         """Take a step's outputs for ``work``; returns True when new output is ready."""
         self.kv_valid = max(self.kv_valid, work.end)
         self.forwards += 1
         self.rows += work.end - work.start
         for pos, tok, prob in zip(work.out_positions, tokens, probs):
-            self._preds[pos] = (int(tok), float(prob))
+            self._preds[pos] = (tok, prob)
             self._started = True
         decoded = self._scan
         released = self._progress()
@@ -279,7 +273,7 @@ class Sequence:
         released = False
         while not self.finished:
             if self._pending_fill():
-                first = self._first_open()
+                first = self._first_open
                 if first - 1 not in self._preds:
                     break
                 self._set(first, self._preds.pop(first - 1)[0])
@@ -324,6 +318,8 @@ class Sequence:
         released = self._release(self.block_end)
         if not self.finished:
             self.block_start = self.block_end
+            self.block_end += self.block
+            self._first_open = self.block_start  # past the prompt from the second block on
             self._open_block()
         return released
 
@@ -351,6 +347,7 @@ class Sequence:
         if self.text is not None and self.text.stopped is None and self.text.finish():
             reason, stop_reason = "stop", self.text.stopped
         self.status = Status.FINISHED
+        self.finished = True
         self.finish_reason, self.stop_reason = reason, stop_reason
         self.finished_at = time.perf_counter()
 
@@ -362,6 +359,7 @@ class Sequence:
     def fail(self, error: BaseException) -> None:
         self.output.error = error
         self.status = Status.FINISHED
+        self.finished = True
         self.finished_at = time.perf_counter()
         self.output.notify()
 

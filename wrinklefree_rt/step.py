@@ -10,7 +10,7 @@ from .sequence import MODE_SAMPLE, Sequence, Work
 __all__ = ["StepPlan", "StepOutput", "Segment"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """One sequence's part of a step: its rows and its output rows, as index ranges."""
 
@@ -31,37 +31,52 @@ class StepPlan:
     """Rows from many sequences. Built by the scheduler, run by the engine in a worker thread."""
 
     def __init__(self, segments: list[tuple[Sequence, Work]]):
+        # Python gathers one scalar per segment and one per output row (a few per sequence);
+        # the per-row arrays (slots, positions) are expanded by numpy.
         self.segments: list[Segment] = []
-        slots, positions, tokens = [], [], []
-        out_rows, out_mode, exclude, temperature, top_k, top_p, uniform = [], [], [], [], [], [], []
+        starts, lengths, slots, tokens = [], [], [], []
+        out_rows, out_mode, n_outs, exclude, temperature, top_k, top_p, uniform = [], [], [], [], [], [], [], []
+        rows = outs = 0
         for seq, work in segments:
-            row0, out0 = len(positions), len(out_rows)
-            span = range(work.start, work.end)
-            slots.extend([seq.slot_id] * len(span))
-            positions.extend(span)
-            tokens.extend(seq.tokens[work.start:work.end])
-            draws = iter(work.uniforms)
-            sp = seq.params
-            for pos, mode in zip(work.out_positions, work.out_modes):
-                out_rows.append(row0 + pos - work.start)
-                out_mode.append(mode)
+            n, k = work.end - work.start, len(work.out_positions)
+            starts.append(work.start)
+            lengths.append(n)
+            slots.append(seq.slot_id)
+            tokens += seq.tokens[work.start:work.end]
+            if k:
+                shift = rows - work.start
+                out_rows += [pos + shift for pos in work.out_positions]
+                out_mode += work.out_modes
+                n_outs.append(k)
                 exclude.append(seq.exclude_id)
-                sampled = mode == MODE_SAMPLE
-                temperature.append(sp.temperature if sampled else 1.0)
-                top_k.append(sp.top_k if sampled else 0)
-                top_p.append(sp.top_p if sampled else 1.0)
-                uniform.append(next(draws) if sampled else 0.0)
-            self.segments.append(Segment(seq, work, slice(row0, len(positions)), slice(out0, len(out_rows))))
-        self.slots = np.asarray(slots, np.int32)
-        self.positions = np.asarray(positions, np.int32)
+                if work.uniforms:  # sampled rows (a segment's outputs share one mode)
+                    sp = seq.params
+                    temperature.append(sp.temperature)
+                    top_k.append(sp.top_k)
+                    top_p.append(sp.top_p)
+                    uniform += work.uniforms
+                else:
+                    temperature.append(1.0)
+                    top_k.append(0)
+                    top_p.append(1.0)
+            self.segments.append(Segment(seq, work, slice(rows, rows + n), slice(outs, outs + k)))
+            rows += n
+            outs += k
+        lengths_a = np.asarray(lengths, np.int64)
+        first_rows = np.cumsum(lengths_a) - lengths_a
+        shifts = np.repeat(np.asarray(starts, np.int64) - first_rows, lengths_a)
+        self.positions = (np.arange(rows) + shifts).astype(np.int32)
+        self.slots = np.repeat(np.asarray(slots, np.int32), lengths_a)
         self.tokens = np.asarray(tokens, np.int32)
         self.out_rows = np.asarray(out_rows, np.int32)
         self.out_mode = np.asarray(out_mode, np.int8)
-        self.exclude = np.asarray(exclude, np.int32)
-        self.temperature = np.asarray(temperature, np.float32)
-        self.top_k = np.asarray(top_k, np.int32)
-        self.top_p = np.asarray(top_p, np.float32)
-        self.uniform = np.asarray(uniform, np.float32)
+        self.exclude = np.repeat(np.asarray(exclude, np.int32), n_outs)
+        self.temperature = np.repeat(np.asarray(temperature, np.float32), n_outs)
+        self.top_k = np.repeat(np.asarray(top_k, np.int32), n_outs)
+        self.top_p = np.repeat(np.asarray(top_p, np.float32), n_outs)
+        self.uniform = np.zeros(outs, np.float32)
+        if uniform:
+            self.uniform[self.out_mode == MODE_SAMPLE] = uniform
 
     @property
     def n_rows(self) -> int:
