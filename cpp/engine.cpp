@@ -49,18 +49,6 @@ T* grow(std::vector<T>& v, size_t n) {
     return v.data();
 }
 
-// Eight independent partial sums: the compiler vectorizes them (a single running sum it may not
-// reorder), and the order is fixed, so results do not depend on the thread or the batch.
-inline float dot(const float* a, const float* b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int e = 0;
-    for (; e + 8 <= n; e += 8)
-        for (int j = 0; j < 8; ++j) acc[j] += a[e + j] * b[e + j];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; e < n; ++e) s += a[e] * b[e];
-    return s;
-}
-
 std::string row_str(int i) { return "row " + std::to_string(i); }
 
 }  // namespace
@@ -148,8 +136,8 @@ void BitNetBatchEngine::Impl::validate(const StepInput& in) {
 
 void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
     const ModelConfig& c = model.cfg;
-    const int hd = c.head_dim, nh = c.num_heads, group = c.num_heads / c.num_kv_heads;
-    const int QD = nh * hd;
+    const int hd = c.head_dim, nkv = c.num_kv_heads, G = c.num_heads / c.num_kv_heads;
+    const int QD = c.num_heads * hd, KD = nkv * hd, ps = kv.page_size();
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const int M = in.n_rows;
 
@@ -159,34 +147,40 @@ void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
         const int s = in.slot[i], B = kv.attn_block(s);
         max_limit = std::max(max_limit, std::min(step_hw[s], (in.position[i] / B + 1) * B));
     }
-    float* sc_all = grow(scores, static_cast<size_t>(max_limit) * pool.size());
+    float* sc_all = grow(scores, static_cast<size_t>(max_limit) * G * pool.size());
     float* O = o.data();
     const float* Q = q.data();
 
-    pool.parallel_for(M * nh, [&](int task, int thread) {
-        const int i = task / nh, h = task % nh;
+    // One task per (row, KV head): the G query heads sharing a KV head (heads kh*G .. kh*G+G-1)
+    // read each cached K and V row once. Positions are walked in runs of one page, where rows
+    // are contiguous.
+    pool.parallel_for(M * nkv, [&](int task, int thread) {
+        const int i = task / nkv, kh = task % nkv;
         const int s = in.slot[i], B = kv.attn_block(s);
         const int limit = std::min(step_hw[s], (in.position[i] / B + 1) * B);
-        const int kvo = (h / group) * hd;
-        const float* qh = Q + static_cast<size_t>(i) * QD + static_cast<size_t>(h) * hd;
-        float* sc = sc_all + static_cast<size_t>(thread) * max_limit;
-        float mx = -INFINITY;
-        for (int j = 0; j < limit; ++j) {
-            sc[j] = dot(qh, kv.k_row(layer, s, j) + kvo, hd) * scale;
-            mx = std::max(mx, sc[j]);
+        const size_t head0 = static_cast<size_t>(i) * QD + static_cast<size_t>(kh) * G * hd;
+        float* sc = sc_all + static_cast<size_t>(thread) * max_limit * G;
+        for (int j = 0; j < limit; j += ps - j % ps) {
+            const int run = std::min(ps - j % ps, limit - j);
+            kern->attn_scores(Q + head0, G, hd, hd, kv.k_row(layer, s, j) + kh * hd, KD, run, scale, sc + j, max_limit);
         }
-        float sum = 0.0f;
-        for (int j = 0; j < limit; ++j) {
-            sc[j] = std::exp(sc[j] - mx);
-            sum += sc[j];
+        for (int g = 0; g < G; ++g) {
+            float* sg = sc + static_cast<size_t>(g) * max_limit;
+            float mx = -INFINITY;
+            for (int j = 0; j < limit; ++j) mx = std::max(mx, sg[j]);
+            float sum = 0.0f;
+            for (int j = 0; j < limit; ++j) {
+                sg[j] = std::exp(sg[j] - mx);
+                sum += sg[j];
+            }
+            const float inv = 1.0f / sum;
+            for (int j = 0; j < limit; ++j) sg[j] *= inv;
         }
-        const float inv = 1.0f / sum;
-        float* oh = O + static_cast<size_t>(i) * QD + static_cast<size_t>(h) * hd;
-        std::fill(oh, oh + hd, 0.0f);
-        for (int j = 0; j < limit; ++j) {
-            const float w = sc[j] * inv;
-            const float* vr = kv.v_row(layer, s, j) + kvo;
-            for (int e = 0; e < hd; ++e) oh[e] += w * vr[e];
+        float* oh = O + head0;
+        std::fill(oh, oh + static_cast<size_t>(G) * hd, 0.0f);
+        for (int j = 0; j < limit; j += ps - j % ps) {
+            const int run = std::min(ps - j % ps, limit - j);
+            kern->attn_accumulate(sc + j, G, max_limit, hd, kv.v_row(layer, s, j) + kh * hd, KD, run, oh, hd);
         }
     });
 }

@@ -157,9 +157,46 @@ void quantize_row_i8_avx2(const float* x, int K, int K_padded, int8_t* xq, float
     *sum = s;
 }
 
+#include "attn_tiles.h"
+
+struct Fymm {
+    using F = __m256;
+    static constexpr int kLanes = 8;
+    static __m256i first(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+    static F load(const float* p) { return _mm256_loadu_ps(p); }
+    static F load_part(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
+    static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+    static void store_part(float* p, F v, int n) { _mm256_maskstore_ps(p, first(n), v); }
+    static F set1(float x) { return _mm256_set1_ps(x); }
+    static F zero() { return _mm256_setzero_ps(); }
+    static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+    static float sum(F v) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+};
+
+void attn_scores_avx2(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
+                      int lds) {
+    attn_scores_simd<Fymm>(Q, G, ldq, d, Kc, ld, count, scale, S, lds);
+}
+
+void attn_accumulate_avx2_impl(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O,
+                               int ldo) {
+    attn_accumulate_simd<Fymm>(P, G, ldp, d, Vc, ld, count, O, ldo);
+}
+
 }  // namespace
 
 namespace avx2 {
+void attn_scores(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
+                 int lds) {
+    attn_scores_avx2(Q, G, ldq, d, Kc, ld, count, scale, S, lds);
+}
+void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O, int ldo) {
+    attn_accumulate_avx2_impl(P, G, ldp, d, Vc, ld, count, O, ldo);
+}
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
     quantize_row_i8_avx2(x, K, K_padded, xq, scale, sum);
 }
@@ -173,6 +210,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 
 const KernelTable kAvx2Kernels = {
     "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
+    attn_scores_avx2, attn_accumulate_avx2_impl,
 };
 
 }  // namespace wfrt

@@ -142,10 +142,37 @@ void f32_gemm_avx512vnni(const float* W, int N, int K, const float* X, int ldx, 
     rows_by_tiles<4, 4>(n0, n1, M, (size_t)K * 4, RowMicro<float, float, F32Kernel>{W, K, X, ldx, Y, ldy});
 }
 
+#include "attn_tiles.h"
+
+struct Fzmm {
+    using F = __m512;
+    static constexpr int kLanes = 16;
+    static __mmask16 first(int n) { return (__mmask16)((1u << n) - 1); }
+    static F load(const float* p) { return _mm512_loadu_ps(p); }
+    static F load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+    static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+    static void store_part(float* p, F v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
+    static F set1(float x) { return _mm512_set1_ps(x); }
+    static F zero() { return _mm512_setzero_ps(); }
+    static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+    static float sum(F v) { return _mm512_reduce_add_ps(v); }
+};
+
+void attn_scores_avx512(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
+                        int lds) {
+    attn_scores_simd<Fzmm>(Q, G, ldq, d, Kc, ld, count, scale, S, lds);
+}
+
+void attn_accumulate_avx512(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O,
+                            int ldo) {
+    attn_accumulate_simd<Fzmm>(P, G, ldp, d, Vc, ld, count, O, ldo);
+}
+
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
     "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
+    attn_scores_avx512, attn_accumulate_avx512,
 };
 
 }  // namespace wfrt

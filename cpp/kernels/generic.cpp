@@ -82,6 +82,36 @@ void f32_gemm_generic(const float* W, int N, int K, const float* X, int ldx, int
         }
 }
 
+// Eight independent partial sums in a fixed order: results do not depend on the thread or the
+// batch, and the compiler may vectorize them (a single running sum it may not reorder).
+inline float dot8(const float* a, const float* b, int n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int e = 0;
+    for (; e + 8 <= n; e += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += a[e + j] * b[e + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; e < n; ++e) s += a[e] * b[e];
+    return s;
+}
+
+void attn_scores_generic(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale,
+                         float* S, int lds) {
+    for (int g = 0; g < G; ++g)
+        for (int j = 0; j < count; ++j) S[(size_t)g * lds + j] = dot8(Q + (size_t)g * ldq, Kc + (size_t)j * ld, d) * scale;
+}
+
+void attn_accumulate_generic(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O,
+                             int ldo) {
+    for (int g = 0; g < G; ++g) {
+        float* o = O + (size_t)g * ldo;
+        for (int j = 0; j < count; ++j) {
+            const float w = P[(size_t)g * ldp + j];
+            const float* v = Vc + (size_t)j * ld;
+            for (int e = 0; e < d; ++e) o[e] += w * v[e];
+        }
+    }
+}
+
 }  // namespace
 
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
@@ -119,6 +149,7 @@ void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
 
 const KernelTable kGenericKernels = {
     "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
+    attn_scores_generic, attn_accumulate_generic,
 };
 
 }  // namespace wfrt

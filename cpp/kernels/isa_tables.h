@@ -27,6 +27,9 @@ namespace avx2 {
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum);
 void i8_gemm(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0, int n1);
 void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, float* Y, int ldy, int n0, int n1);
+void attn_scores(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
+                 int lds);
+void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O, int ldo);
 }  // namespace avx2
 
 // Byte offset of the chunk holding (tile, k-group g) for a matrix of padded width Kp.

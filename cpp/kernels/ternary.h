@@ -55,6 +55,14 @@ struct KernelTable {
     // fp32 rows (reference LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k].
     void (*f32_gemm)(const float* W, int N, int K, const float* X, int ldx, int M,
                      float* Y, int ldy, int n0, int n1);
+    // Attention of G query heads that share one KV head (GQA), over `count` cached positions
+    // whose K (or V) rows of d floats lie `ld` floats apart (one run of a KV page).
+    // Scores: S[g*lds + j] = scale * sum_e Q[g*ldq + e] * Kc[j*ld + e].
+    void (*attn_scores)(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale,
+                        float* S, int lds);
+    // Weighted values, added: O[g*ldo + e] += sum_j P[g*ldp + j] * Vc[j*ld + e], j in order.
+    void (*attn_accumulate)(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count,
+                            float* O, int ldo);
 };
 
 // The table for the best ISA this CPU supports (or the one WFRT_ISA names).
