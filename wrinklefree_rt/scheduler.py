@@ -49,7 +49,14 @@ class Scheduler:
         used = 0
         # Decode/denoise before prefill, except that a sequence left out of several steps in a
         # row goes first (a busy engine must not starve a prefill); then longest-waiting first.
-        for seq in sorted(self.running, key=lambda s: (s.in_prefill and s.skipped < _MAX_SKIPS, -s.skipped)):
+        running = self.running
+        if any(s.skipped for s in running):
+            order = sorted(running, key=lambda s: (s.in_prefill and s.skipped < _MAX_SKIPS, -s.skipped))
+        else:  # the same order, without a key per sequence
+            order = [s for s in running if not s.in_prefill]
+            if len(order) < len(running):
+                order += [s for s in running if s.in_prefill]
+        for seq in order:
             work = seq.next_work(self.budget - used, first_in_step=not chosen)
             if work is None:
                 seq.skipped += 1
@@ -97,14 +104,12 @@ class Scheduler:
     def _release_ended(self) -> None:
         if any(s.aborted for s in self.waiting):
             self.waiting = deque(s for s in self.waiting if not s.aborted)
-        keep = []
-        for seq in self.running:
-            if seq.finished or seq.aborted:
+        ended = [seq for seq in self.running if seq.finished or seq.aborted]
+        if ended:
+            for seq in ended:
                 self.core.free_sequence(seq.slot_id)
                 seq.slot_id = None
-            else:
-                keep.append(seq)
-        self.running = keep
+            self.running = [seq for seq in self.running if seq.slot_id is not None]
 
     def _admit(self) -> None:
         while self.waiting and self.core.slots_free > 0:

@@ -84,7 +84,7 @@ class DlmSpec:
     fuse_commit: bool = False  # approximation: see Sequence._pending_fill
 
 
-@dataclass
+@dataclass(slots=True)
 class Work:
     """What one sequence contributes to a step: rows for positions [start, end), and the rows
     whose outputs it needs (positions), each with an output mode."""
@@ -197,7 +197,7 @@ class Sequence:
         self.tokens.extend([self.mask_id] * (end - len(self.tokens)))
         if first < end:
             self.tokens[first:end] = [self.mask_id] * (end - first)
-            self.kv_valid = min(self.kv_valid, self._align(first, self.attn_block))
+            self._set(first, self.mask_id)  # lowers kv_valid for the whole range
 
     def _pending_fill(self) -> bool:
         """With shift, the block's first open position is taken from the previous row's
@@ -257,7 +257,8 @@ class Sequence:
     # ----- results --------------------------------------------------------------------------
     def apply(self, work: Work, tokens: list[int], probs: list[float]) -> bool:
         """Take a step's outputs for ``work``; returns True when new output is ready."""
-        self.kv_valid = max(self.kv_valid, work.end)
+        if work.end > self.kv_valid:
+            self.kv_valid = work.end
         self.forwards += 1
         self.rows += work.end - work.start
         for pos, tok, prob in zip(work.out_positions, tokens, probs):
@@ -289,14 +290,15 @@ class Sequence:
     def _unmask(self, cands: list[int]) -> None:
         rows = [c - 1 if self.shift else c for c in cands]
         probs = [self._preds[r][1] for r in rows]
-        best = max(range(len(cands)), key=lambda i: (probs[i], -i))  # ties: leftmost
+        best = probs.index(max(probs))  # ties: leftmost
         for i, (c, r) in enumerate(zip(cands, rows)):
             if i == best or probs[i] >= self.dlm.threshold:
                 self._set(c, self._preds.pop(r)[0])  # a row predicts one position only
 
     def _drop_stale_preds(self) -> None:
-        for pos in [p for p in self._preds if p >= self.kv_valid]:
-            del self._preds[pos]
+        if self._preds:
+            for pos in [p for p in self._preds if p >= self.kv_valid]:
+                del self._preds[pos]
 
     def _advance(self) -> bool:
         """Check for a stop token or the limit below the first mask; move to the next block
