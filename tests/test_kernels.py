@@ -172,3 +172,54 @@ def test_simd_tables_equal_generic_on_model_shapes(name):
         X = rng.integers(-127, 128, (9, K)).astype(np.int8)
         np.testing.assert_array_equal(_core.ternary_gemm(name, packed, N, K, X),
                                       _core.ternary_gemm("generic", packed, N, K, X))
+
+
+# Attention: head widths around the 8/16-float vectors and the 8-vector register blocks, GQA
+# groups around the 4-head blocks, cache rows wider than a head (a KV head's slice of a row).
+ATTN_DS = [1, 7, 8, 16, 17, 64, 128, 130]
+ATTN_GS = [1, 3, 4, 5, 8]
+
+
+def _attn_bound(A, B, n):
+    # fp32 sums in any order: error bounded by n ulps of the sum of |products|.
+    return (np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64).T) * n * 2**-24 + 1e-30
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attn_scores_match_reference(name):
+    rng = np.random.default_rng(17)
+    for d in ATTN_DS:
+        for G in ATTN_GS:
+            for count in (1, 5, 32):
+                Q = rng.standard_normal((G, d + 3)).astype(np.float32)
+                Kc = rng.standard_normal((count, d + 5)).astype(np.float32)
+                want = 0.5 * (Q[:, :d].astype(np.float64) @ Kc[:, :d].astype(np.float64).T)
+                got = _core.attn_scores(name, Q, Kc, 0.5, d=d)
+                assert got.shape == (G, count)
+                assert (np.abs(got - want) <= 0.5 * _attn_bound(Q[:, :d], Kc[:, :d], d)).all(), f"{name} d={d} G={G}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attn_accumulate_matches_reference(name):
+    rng = np.random.default_rng(19)
+    for d in ATTN_DS:
+        for G in ATTN_GS:
+            for count in (1, 5, 32):
+                P = rng.random((G, count)).astype(np.float32)
+                Vc = rng.standard_normal((count, d + 5)).astype(np.float32)
+                O = rng.standard_normal((G, d + 2)).astype(np.float32)
+                before = O.copy()
+                want = before[:, :d].astype(np.float64) + P.astype(np.float64) @ Vc[:, :d].astype(np.float64)
+                _core.attn_accumulate(name, P, Vc, O, d=d)
+                bound = _attn_bound(P, np.abs(Vc[:, :d]).T, count + 1) + np.abs(before[:, :d]) * (count + 1) * 2**-24
+                assert (np.abs(O[:, :d] - want) <= bound).all(), f"{name} d={d} G={G} count={count}"
+                # Columns past d belong to other heads: untouched.
+                np.testing.assert_array_equal(O[:, d:], before[:, d:])
+
+
+def test_attn_refuses_bad_widths():
+    with pytest.raises(ValueError, match="head width"):
+        _core.attn_scores("generic", np.zeros((2, 8), np.float32), np.zeros((3, 4), np.float32), 1.0)
+    with pytest.raises(ValueError, match="Vc needs 3 rows"):
+        _core.attn_accumulate("generic", np.zeros((2, 3), np.float32), np.zeros((4, 8), np.float32),
+                              np.zeros((2, 8), np.float32))

@@ -12,12 +12,16 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     ctypedef void (*_KTernaryFn)(const _k_u8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
     ctypedef void (*_KI8Fn)(const _k_i8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
     ctypedef void (*_KF32Fn)(const float*, int, int, const float*, int, int, float*, int, int, int) noexcept nogil
+    ctypedef void (*_KAttnScoresFn)(const float*, int, int, int, const float*, int, int, float, float*, int) noexcept nogil
+    ctypedef void (*_KAttnAccFn)(const float*, int, int, int, const float*, int, int, float*, int) noexcept nogil
     cdef struct _KTable "wfrt::KernelTable":
         const char* name
         _KQuantizeFn quantize_row_i8
         _KTernaryFn ternary_gemm
         _KI8Fn i8_gemm
         _KF32Fn f32_gemm
+        _KAttnScoresFn attn_scores
+        _KAttnAccFn attn_accumulate
     size_t _k_packed_bytes "wfrt::ternary_packed_bytes"(int N, int K)
     void _k_pack "wfrt::ternary_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
     void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
@@ -181,3 +185,39 @@ def f32_gemm(name, W, X, out=None, n0=None, n1=None):
     with nogil:
         t.f32_gemm(&w[0, 0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
     return y
+
+
+def _k_attn_width(d, Q, C):
+    cdef int w = Q.shape[1] if d is None else d
+    if w < 1 or w > Q.shape[1] or w > C.shape[1]:
+        raise ValueError(f"head width d={w} must be in [1, min(query columns {Q.shape[1]}, cache row length {C.shape[1]})]")
+    return w
+
+
+def attn_scores(name, Q, Kc, float scale, d=None):
+    """S (G, count) float32: S[g, j] = scale * Q[g, :d] . Kc[j, :d] (cache rows Kc.shape[1] floats apart)."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const float[:, ::1] q = _k_np.ascontiguousarray(Q, dtype=_k_np.float32)
+    cdef const float[:, ::1] k = _k_np.ascontiguousarray(Kc, dtype=_k_np.float32)
+    cdef int G = q.shape[0], count = k.shape[0], w = _k_attn_width(d, q, k)
+    _k_check_dims(G=G, count=count)
+    s = _k_np.zeros((G, count), dtype=_k_np.float32)
+    cdef float[:, ::1] sv = s
+    with nogil:
+        t.attn_scores(&q[0, 0], G, q.shape[1], w, &k[0, 0], k.shape[1], count, scale, &sv[0, 0], count)
+    return s
+
+
+def attn_accumulate(name, P, Vc, O, d=None):
+    """O (G, >= d) float32, in place: O[g, :d] += sum_j P[g, j] * Vc[j, :d]. Returns O."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const float[:, ::1] p = _k_np.ascontiguousarray(P, dtype=_k_np.float32)
+    cdef const float[:, ::1] v = _k_np.ascontiguousarray(Vc, dtype=_k_np.float32)
+    cdef float[:, ::1] o = O
+    cdef int G = p.shape[0], count = p.shape[1], w = _k_attn_width(d, o, v)
+    _k_check_dims(G=G, count=count)
+    if v.shape[0] != count or o.shape[0] != G:
+        raise ValueError(f"P is {(G, count)}: Vc needs {count} rows (has {v.shape[0]}), O {G} rows (has {o.shape[0]})")
+    with nogil:
+        t.attn_accumulate(&p[0, 0], G, count, w, &v[0, 0], v.shape[1], count, &o[0, 0], o.shape[1])
+    return O
