@@ -150,6 +150,7 @@ class Sequence:
         self.block_end = self.block_start + self.block
         self._first_open = max(self.block_start, self.prompt_len)  # the open block's first generated position
         self._fuse_commit = dlm is not None and dlm.fuse_commit
+        self._cands: list[int] | None = None  # _candidates() until a token or the block changes
         self._preds: dict[int, tuple[int, float]] = {}  # row position -> (token, prob), while fresh
         self._scan = self.prompt_len  # positions before it are decoded and hold no stop token
         self.emitted = self.prompt_len
@@ -187,6 +188,7 @@ class Sequence:
 
     def _set(self, pos: int, token: int) -> None:
         self.tokens[pos] = token
+        self._cands = None
         aligned = pos - pos % self.attn_block
         if aligned < self.kv_valid:
             self.kv_valid = aligned
@@ -210,15 +212,20 @@ class Sequence:
         return self.shift and self.tokens[first] == self.mask_id
 
     def _candidates(self) -> list[int]:
-        """Still-masked positions (below the limit) of the first sub-block that has any."""
+        """Still-masked positions (below the limit) of the first sub-block that has any.
+        Callers only read the list (it is cached)."""
+        if self._cands is not None:
+            return self._cands
         end = min(self.block_end, self.limit)
         tokens, mask = self.tokens, self.mask_id
+        self._cands = []
         for sub in range(self.block_start, end, self.sub_block):
             lo = max(sub, self.prompt_len)
             part = tokens[lo:min(sub + self.sub_block, end)]
             if mask in part:
-                return [lo + i for i, t in enumerate(part) if t == mask]
-        return []
+                self._cands = [lo + i for i, t in enumerate(part) if t == mask]
+                break
+        return self._cands
 
     # ----- scheduling -----------------------------------------------------------------------
     @property
@@ -322,6 +329,7 @@ class Sequence:
             self.block_start = self.block_end
             self.block_end += self.block
             self._first_open = self.block_start  # past the prompt from the second block on
+            self._cands = None
             self._open_block()
         return released
 
