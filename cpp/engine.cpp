@@ -209,7 +209,7 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
     int8_t* XQ = grow(xq, static_cast<size_t>(std::max(M, 1)) * Kmax);
     float* QA = grow(qa, M);
     int32_t* XS = grow(xsum, M);
-    int32_t* Y32 = grow(y32, static_cast<size_t>(M) * std::max({QD, KD, H, I}));
+    int32_t* Y32 = grow(y32, static_cast<size_t>(M) * std::max({QD + 2 * KD, H, 2 * I}));
 
     for (int i = 0; i < M; ++i)
         std::memcpy(X + static_cast<size_t>(i) * H, model.embed + static_cast<size_t>(in.token[i]) * H, H * sizeof(float));

@@ -247,10 +247,17 @@ void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, floa
     for (int m = 0; m < M; ++m) {
         const float* xr = x + static_cast<size_t>(m) * n;
         float* o = out + static_cast<size_t>(m) * n;
-        double ss = 0.0;
-        for (int i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+        // Eight partial sums: one running double sum is a serial add chain (the compiler may not
+        // reorder it), which made the norms a tenth of a batched step. Squares of floats are
+        // exact in double, so the order changes the float result only at a rounding boundary.
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(xr[i + j]) * xr[i + j];
+        double ss = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
         float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
-        for (int i = 0; i < n; ++i) o[i] = w[i] * (xr[i] * r);
+        for (int e = 0; e < n; ++e) o[e] = w[e] * (xr[e] * r);
     }
 }
 
@@ -274,27 +281,36 @@ void norm_quantize_rows(const Compute& c, float* x, const float* up, const float
 
 void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
                const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32, bool accumulate) {
+    // One parallel loop over every matrix's row chunks: one sync point per call, and the small
+    // matrices (K, V) fill the threads beside the big ones instead of ending on an uneven split.
+    if (n_mats < 1 || n_mats > kMaxBitlinearMats) throw std::invalid_argument("bitlinear: 1..4 matrices per call");
+    int first_task[kMaxBitlinearMats + 1] = {0};
+    size_t y_off[kMaxBitlinearMats] = {0};
     for (int i = 0; i < n_mats; ++i) {
-        const TernaryMatrix& W = *mats[i];
-        const int Kp = ternary_padded_k(W.K);
-        float* Y = outs[i];
-        RowSplit split(W.N, c.pool->size());
-        c.pool->parallel_for(split.tasks, [&](int t, int) {
-            const int n0 = split.begin(t), n1 = split.end(t);
-            c.k->ternary_gemm(W.data, W.N, W.K, xq, Kp, M, y32, W.N, n0, n1);
-            for (int m = 0; m < M; ++m) {
-                const float mul = W.scale / a[m];
-                const int32_t s = xsum[m];
-                const int32_t* yi = y32 + static_cast<size_t>(m) * W.N;
-                float* yo = Y + static_cast<size_t>(m) * W.N;
-                if (accumulate) {
-                    for (int n = n0; n < n1; ++n) yo[n] += static_cast<float>(yi[n] - s) * mul;
-                } else {
-                    for (int n = n0; n < n1; ++n) yo[n] = static_cast<float>(yi[n] - s) * mul;
-                }
-            }
-        });
+        first_task[i + 1] = first_task[i] + RowSplit(mats[i]->N, c.pool->size()).tasks;
+        if (i + 1 < n_mats) y_off[i + 1] = y_off[i] + static_cast<size_t>(M) * mats[i]->N;
     }
+    c.pool->parallel_for(first_task[n_mats], [&](int task, int) {
+        int i = 0;
+        while (task >= first_task[i + 1]) ++i;
+        const TernaryMatrix& W = *mats[i];
+        const RowSplit split(W.N, c.pool->size());
+        const int t = task - first_task[i], n0 = split.begin(t), n1 = split.end(t);
+        int32_t* yw = y32 + y_off[i];
+        float* Y = outs[i];
+        c.k->ternary_gemm(W.data, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        for (int m = 0; m < M; ++m) {
+            const float mul = W.scale / a[m];
+            const int32_t s = xsum[m];
+            const int32_t* yi = yw + static_cast<size_t>(m) * W.N;
+            float* yo = Y + static_cast<size_t>(m) * W.N;
+            if (accumulate) {
+                for (int n = n0; n < n1; ++n) yo[n] += static_cast<float>(yi[n] - s) * mul;
+            } else {
+                for (int n = n0; n < n1; ++n) yo[n] = static_cast<float>(yi[n] - s) * mul;
+            }
+        }
+    });
 }
 
 void rope_row(float* v, int n_heads, int head_dim, const float* inv_freq, int pos) {

@@ -79,9 +79,10 @@ void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, floa
 void norm_quantize_rows(const Compute& c, float* x, const float* up, const float* w, int M, int K, float eps,
                         float* normed, int8_t* xq, float* a, int32_t* xsum);
 
-// y = (sum u*x_q - sum x_q) * s / a for each matrix in `mats`, sharing one quantized input.
-// Y32 is scratch of M * max N int32. outs[i] is M x mats[i]->N floats (ld N), overwritten, or
+// y = (sum u*x_q - sum x_q) * s / a for each matrix in `mats` (at most kMaxBitlinearMats),
+// sharing one quantized input. Y32 is scratch of M * (sum of the matrices' N) int32. outs[i] is M x mats[i]->N floats (ld N), overwritten, or
 // added to when `accumulate` (the residual stream).
+constexpr int kMaxBitlinearMats = 4;
 void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
                const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32, bool accumulate = false);
 
