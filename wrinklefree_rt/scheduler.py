@@ -74,16 +74,17 @@ class Scheduler:
         self.stats.rows += plan.n_rows
         self.stats.step_time += step_time
         tokens, probs, errors = out.tokens.tolist(), out.probs.tolist(), out.errors
-        for i, seg in enumerate(plan.segments):
-            seq = seg.seq
+        bounds = plan.out_bounds
+        for i, (seq, work) in enumerate(zip(plan.seqs, plan.works)):
             if seq.finished or seq.aborted:
                 continue
             if errors and i in errors:
                 seq.fail(errors[i])
                 continue
             before = len(seq.output_ids)
+            o0, o1 = bounds[i], bounds[i + 1]
             try:
-                news = seq.apply(seg.work, tokens[seg.outs], probs[seg.outs])
+                news = seq.apply(work, tokens[o0:o1], probs[o0:o1])
             except Exception as e:  # a bug or bad state in one request fails that request alone
                 seq.fail(e)
                 continue

@@ -340,9 +340,12 @@ class Sequence:
             return False
         if self.first_output is None:
             self.first_output = time.perf_counter()
+        if self.text is None:
+            self.output_ids += new
+            return True
         for tok in new:
             self.output_ids.append(tok)
-            if self.text is not None and tok not in self.stop_ids and self.text.add(tok):
+            if tok not in self.stop_ids and self.text.add(tok):
                 # A stop string ended inside this token: nothing after it is output.
                 self._finish("stop", self.text.stopped)
                 return True

@@ -5,19 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sequence import MODE_SAMPLE, Sequence, Work
+from .sequence import Sequence, Work
 
-__all__ = ["StepPlan", "StepOutput", "Segment"]
-
-
-@dataclass(slots=True)
-class Segment:
-    """One sequence's part of a step: its rows and its output rows, as index ranges."""
-
-    seq: Sequence
-    work: Work
-    rows: slice
-    outs: slice
+__all__ = ["StepPlan", "StepOutput"]
 
 
 @dataclass
@@ -28,55 +18,47 @@ class StepOutput:
 
 
 class StepPlan:
-    """Rows from many sequences. Built by the scheduler, run by the engine in a worker thread."""
+    """Rows from many sequences. Built by the scheduler, run by the engine in a worker thread.
+
+    Segment ``i`` (``seqs[i]``, ``works[i]``) owns output rows ``out_bounds[i]:out_bounds[i + 1]``.
+    """
 
     def __init__(self, segments: list[tuple[Sequence, Work]]):
-        # Python gathers one scalar per segment and one per output row (a few per sequence);
-        # the per-row arrays (slots, positions) are expanded by numpy.
-        self.segments: list[Segment] = []
-        starts, lengths, slots, tokens = [], [], [], []
-        out_rows, out_mode, n_outs, exclude, temperature, top_k, top_p, uniform = [], [], [], [], [], [], [], []
-        rows = outs = 0
-        for seq, work in segments:
-            n, k = work.end - work.start, len(work.out_positions)
-            starts.append(work.start)
-            lengths.append(n)
-            slots.append(seq.slot_id)
-            tokens += seq.tokens[work.start:work.end]
-            if k:
-                shift = rows - work.start
-                out_rows += [pos + shift for pos in work.out_positions]
-                out_mode += work.out_modes
-                n_outs.append(k)
-                exclude.append(seq.exclude_id)
-                if work.uniforms:  # sampled rows (a segment's outputs share one mode)
-                    sp = seq.params
-                    temperature.append(sp.temperature)
-                    top_k.append(sp.top_k)
-                    top_p.append(sp.top_p)
-                    uniform += work.uniforms
-                else:
-                    temperature.append(1.0)
-                    top_k.append(0)
-                    top_p.append(1.0)
-            self.segments.append(Segment(seq, work, slice(rows, rows + n), slice(outs, outs + k)))
-            rows += n
-            outs += k
-        lengths_a = np.asarray(lengths, np.int64)
-        first_rows = np.cumsum(lengths_a) - lengths_a
-        shifts = np.repeat(np.asarray(starts, np.int64) - first_rows, lengths_a)
-        self.positions = (np.arange(rows) + shifts).astype(np.int32)
-        self.slots = np.repeat(np.asarray(slots, np.int32), lengths_a)
+        # Python touches each segment a few times in comprehensions; numpy expands the
+        # per-segment values over rows and output rows.
+        self.seqs = [seq for seq, _ in segments]
+        self.works = works = [work for _, work in segments]
+        starts = np.asarray([w.start for w in works], np.int64)
+        lengths = np.asarray([w.end for w in works], np.int64) - starts
+        n_outs = np.asarray([len(w.out_positions) for w in works], np.int64)
+        self.out_bounds = np.concatenate(([0], np.cumsum(n_outs))).tolist()
+        tokens: list[int] = []
+        for seq, w in segments:
+            tokens += seq.tokens[w.start:w.end]
         self.tokens = np.asarray(tokens, np.int32)
-        self.out_rows = np.asarray(out_rows, np.int32)
-        self.out_mode = np.asarray(out_mode, np.int8)
-        self.exclude = np.repeat(np.asarray(exclude, np.int32), n_outs)
-        self.temperature = np.repeat(np.asarray(temperature, np.float32), n_outs)
-        self.top_k = np.repeat(np.asarray(top_k, np.int32), n_outs)
-        self.top_p = np.repeat(np.asarray(top_p, np.float32), n_outs)
-        self.uniform = np.zeros(outs, np.float32)
-        if uniform:
-            self.uniform[self.out_mode == MODE_SAMPLE] = uniform
+        rows = len(tokens)
+        first_rows = np.cumsum(lengths) - lengths
+        self.positions = (np.arange(rows) + np.repeat(starts - first_rows, lengths)).astype(np.int32)
+        self.slots = np.repeat(np.asarray([seq.slot_id for seq in self.seqs], np.int32), lengths)
+        out_positions = np.asarray([p for w in works for p in w.out_positions], np.int64)
+        self.out_rows = (out_positions + np.repeat(first_rows - starts, n_outs)).astype(np.int32)
+        self.out_mode = np.asarray([m for w in works for m in w.out_modes], np.int8)
+        self.exclude = np.repeat(np.asarray([seq.exclude_id for seq in self.seqs], np.int32), n_outs)
+        n = len(self.out_mode)
+        self.temperature = np.ones(n, np.float32)
+        self.top_k = np.zeros(n, np.int32)
+        self.top_p = np.ones(n, np.float32)
+        self.uniform = np.zeros(n, np.float32)
+        sampled = [i for i, w in enumerate(works) if w.uniforms]  # a work's outputs share one mode
+        if sampled:
+            rows_of = np.repeat(np.arange(len(works)), n_outs)
+            mask = np.isin(rows_of, sampled)
+            params = [self.seqs[i].params for i in sampled]
+            counts = n_outs[sampled]
+            self.temperature[mask] = np.repeat([sp.temperature for sp in params], counts)
+            self.top_k[mask] = np.repeat([sp.top_k for sp in params], counts)
+            self.top_p[mask] = np.repeat([sp.top_p for sp in params], counts)
+            self.uniform[mask] = [u for i in sampled for u in works[i].uniforms]
 
     @property
     def n_rows(self) -> int:
@@ -98,15 +80,17 @@ class StepPlan:
         except cancelled:
             raise
         except Exception as e:
-            if len(self.segments) == 1:
+            if len(self.works) == 1:
                 n = len(self.out_rows)
                 return StepOutput(np.zeros(n, np.int32), np.zeros(n, np.float32), {0: e})
         tokens = np.zeros(len(self.out_rows), np.int32)
         probs = np.zeros(len(self.out_rows), np.float32)
         errors: dict[int, Exception] = {}
-        for i, seg in enumerate(self.segments):
+        bounds = self.out_bounds
+        for i, (seq, work) in enumerate(zip(self.seqs, self.works)):
+            outs = slice(bounds[i], bounds[i + 1])
             try:
-                tokens[seg.outs], probs[seg.outs] = StepPlan([(seg.seq, seg.work)])._run(core)
+                tokens[outs], probs[outs] = StepPlan([(seq, work)])._run(core)
             except cancelled:
                 raise
             except Exception as e:

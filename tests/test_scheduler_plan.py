@@ -1,0 +1,73 @@
+"""StepPlan's bulk (numpy) construction against a row-by-row reference of the step contract
+(docs/architecture.md): rows in segment order, each output row with its sampling settings."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from wrinklefree_rt.params import SamplingParams
+from wrinklefree_rt.sequence import MODE_SAMPLE, Sequence, Work
+from wrinklefree_rt.step import StepPlan
+
+
+def _reference(segments):
+    cols = {k: [] for k in ("slots", "positions", "tokens", "out_rows", "out_mode", "exclude",
+                            "temperature", "top_k", "top_p", "uniform")}
+    bounds = [0]
+    for seq, work in segments:
+        row0 = len(cols["positions"])
+        draws = iter(work.uniforms)
+        for pos in range(work.start, work.end):
+            cols["slots"].append(seq.slot_id)
+            cols["positions"].append(pos)
+            cols["tokens"].append(seq.tokens[pos])
+        for pos, mode in zip(work.out_positions, work.out_modes):
+            sampled = mode == MODE_SAMPLE
+            sp = seq.params
+            cols["out_rows"].append(row0 + pos - work.start)
+            cols["out_mode"].append(mode)
+            cols["exclude"].append(seq.exclude_id)
+            cols["temperature"].append(sp.temperature if sampled else 1.0)
+            cols["top_k"].append(sp.top_k if sampled else 0)
+            cols["top_p"].append(sp.top_p if sampled else 1.0)
+            cols["uniform"].append(next(draws) if sampled else 0.0)
+        bounds.append(len(cols["out_rows"]))
+    return cols, bounds
+
+
+def _random_segments(rng: random.Random):
+    segments = []
+    for slot in rng.sample(range(16), rng.randint(1, 8)):
+        sp = SamplingParams(max_tokens=8, temperature=rng.choice([0.0, 0.7]), top_k=rng.choice([0, 5]),
+                            top_p=rng.choice([1.0, 0.9]), seed=1)
+        n = rng.randint(1, 40)
+        seq = Sequence("r", None, [rng.randrange(200) for _ in range(n)], sp, None, frozenset(), None,
+                       rng.choice([-1, 199]))
+        seq.slot_id = slot
+        start = rng.randrange(n)
+        end = rng.randint(start + 1, n)
+        outs = sorted(rng.sample(range(start, end), rng.randint(0, end - start)))
+        mode = rng.choice([0, 1, 2] if sp.temperature > 0 else [0, 2])  # one mode per work
+        uniforms = [rng.random() for _ in outs] if mode == MODE_SAMPLE else []
+        segments.append((seq, Work(start, end, outs, [mode] * len(outs), uniforms)))
+    return segments
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plan_matches_row_by_row_reference(seed):
+    rng = random.Random(seed)
+    for _ in range(50):
+        segments = _random_segments(rng)
+        plan = StepPlan(segments)
+        cols, bounds = _reference(segments)
+        for name, dtype in (("slots", np.int32), ("positions", np.int32), ("tokens", np.int32),
+                            ("out_rows", np.int32), ("out_mode", np.int8), ("exclude", np.int32),
+                            ("temperature", np.float32), ("top_k", np.int32), ("top_p", np.float32),
+                            ("uniform", np.float32)):
+            got = getattr(plan, name)
+            assert got.dtype == dtype, name
+            np.testing.assert_array_equal(got, np.asarray(cols[name], dtype), err_msg=name)
+        assert plan.out_bounds == bounds
+        assert plan.n_rows == len(cols["positions"])
