@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -24,41 +25,39 @@ class StepPlan:
     """
 
     def __init__(self, segments: list[tuple[Sequence, Work]]):
-        # Python touches each segment a few times in comprehensions; numpy expands the
-        # per-segment values over rows and output rows.
+        # Whole segments at a time (list extends, comprehensions): no Python work per row, and
+        # a few numpy calls per step whatever the batch.
         self.seqs = [seq for seq, _ in segments]
         self.works = works = [work for _, work in segments]
-        starts = np.asarray([w.start for w in works], np.int64)
-        lengths = np.asarray([w.end for w in works], np.int64) - starts
-        n_outs = np.asarray([len(w.out_positions) for w in works], np.int64)
-        self.out_bounds = np.concatenate(([0], np.cumsum(n_outs))).tolist()
+        slots: list[int] = []
+        positions: list[int] = []
         tokens: list[int] = []
         for seq, w in segments:
+            slots += [seq.slot_id] * (w.end - w.start)
+            positions += range(w.start, w.end)
             tokens += seq.tokens[w.start:w.end]
+        first_rows = accumulate((w.end - w.start for w in works), initial=0)
+        self.out_bounds = list(accumulate((len(w.out_positions) for w in works), initial=0))
+        self.slots = np.asarray(slots, np.int32)
+        self.positions = np.asarray(positions, np.int32)
         self.tokens = np.asarray(tokens, np.int32)
-        rows = len(tokens)
-        first_rows = np.cumsum(lengths) - lengths
-        self.positions = (np.arange(rows) + np.repeat(starts - first_rows, lengths)).astype(np.int32)
-        self.slots = np.repeat(np.asarray([seq.slot_id for seq in self.seqs], np.int32), lengths)
-        out_positions = np.asarray([p for w in works for p in w.out_positions], np.int64)
-        self.out_rows = (out_positions + np.repeat(first_rows - starts, n_outs)).astype(np.int32)
+        self.out_rows = np.asarray([row0 - w.start + p for row0, w in zip(first_rows, works)
+                                    for p in w.out_positions], np.int32)
         self.out_mode = np.asarray([m for w in works for m in w.out_modes], np.int8)
-        self.exclude = np.repeat(np.asarray([seq.exclude_id for seq in self.seqs], np.int32), n_outs)
-        n = len(self.out_mode)
-        self.temperature = np.ones(n, np.float32)
-        self.top_k = np.zeros(n, np.int32)
-        self.top_p = np.ones(n, np.float32)
-        self.uniform = np.zeros(n, np.float32)
-        sampled = [i for i, w in enumerate(works) if w.uniforms]  # a work's outputs share one mode
-        if sampled:
-            rows_of = np.repeat(np.arange(len(works)), n_outs)
-            mask = np.isin(rows_of, sampled)
-            params = [self.seqs[i].params for i in sampled]
-            counts = n_outs[sampled]
-            self.temperature[mask] = np.repeat([sp.temperature for sp in params], counts)
-            self.top_k[mask] = np.repeat([sp.top_k for sp in params], counts)
-            self.top_p[mask] = np.repeat([sp.top_p for sp in params], counts)
-            self.uniform[mask] = [u for i in sampled for u in works[i].uniforms]
+        self.exclude = np.asarray([seq.exclude_id for seq, w in segments for _ in w.out_positions], np.int32)
+        if any(w.uniforms for w in works):  # sampled rows; a work's outputs share one mode
+            sampled = [(seq.params if w.uniforms else None, u) for seq, w in segments
+                       for u in (w.uniforms or [0.0] * len(w.out_positions))]
+            self.temperature = np.asarray([sp.temperature if sp else 1.0 for sp, _ in sampled], np.float32)
+            self.top_k = np.asarray([sp.top_k if sp else 0 for sp, _ in sampled], np.int32)
+            self.top_p = np.asarray([sp.top_p if sp else 1.0 for sp, _ in sampled], np.float32)
+            self.uniform = np.asarray([u for _, u in sampled], np.float32)
+        else:
+            n = self.out_bounds[-1]
+            self.temperature = np.ones(n, np.float32)
+            self.top_k = np.zeros(n, np.int32)
+            self.top_p = np.ones(n, np.float32)
+            self.uniform = np.zeros(n, np.float32)
 
     @property
     def n_rows(self) -> int:
