@@ -279,7 +279,7 @@ class Sequence:
         """Make every decision the fresh predictions allow (several when a step's candidates
         were all predicted before and nothing they see has changed since)."""
         released = False
-        while not self.finished:
+        while self._preds and not self.finished:  # every decision below needs a prediction
             if self._pending_fill():
                 first = self._first_open
                 if first - 1 not in self._preds:
