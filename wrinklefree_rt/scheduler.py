@@ -3,8 +3,9 @@
 ``schedule()`` frees what ended, admits waiting requests FCFS while a slot and their KV pages
 are free (a request that does not fit waits; it never fails for lack of room), then packs
 rows under the token budget: decode and denoising rows first, prefill chunks fill the rest.
-``apply()`` hands each sequence its outputs and flags its consumer. Neither awaits anything:
-the engine's loop task calls them between steps.
+``apply()`` hands each sequence its outputs and flags its consumer (one that reads only the
+final output, when the request ends). Neither awaits anything: the engine's loop task calls
+them between steps.
 """
 from __future__ import annotations
 
