@@ -80,6 +80,24 @@ async def test_streaming_is_cumulative_and_utf8_safe(engine, diffusion):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("diffusion", [None, DiffusionParams(block_size=8, threshold=0.2)], ids=["ar", "dlm"])
+async def test_run_to_completion_wakes_once_with_the_streamed_result(engine, diffusion):
+    # generate() reads only the final output, so the engine flags it once, not every step.
+    params = SamplingParams(max_tokens=24, ignore_eos=True, stop=["zz"])
+    async with engine:
+        streamed = [o async for o in engine.generate_async("Once upon", params, diffusion=diffusion)]
+        done = await engine.generate("Once upon", params, diffusion=diffusion)
+        stream = engine.generate_async("Once upon", params, diffusion=diffusion)
+        stream._final_only = True
+        async with stream:
+            final_only = [o async for o in stream]
+    assert len(streamed) > 1 and len(final_only) == 1
+    for out in (done, final_only[0]):
+        assert out.finished and out.token_ids == streamed[-1].token_ids and out.text == streamed[-1].text
+        assert (out.finish_reason, out.metrics.forwards) == (streamed[-1].finish_reason, streamed[-1].metrics.forwards)
+
+
+@pytest.mark.anyio
 async def test_provisional_stream_of_the_open_block(engine):
     params = SamplingParams(max_tokens=40, ignore_eos=True)
     d = DiffusionParams(block_size=16, sub_block_size=4, threshold=2.0)  # one token per step
