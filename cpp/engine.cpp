@@ -276,7 +276,7 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
             if (in.top_p) spec.top_p = in.top_p[j];
             if (in.uniform) spec.uniform = in.uniform[j];
             float p = 0.0f;
-            out.token[j] = choose_token(LG + static_cast<size_t>(j) * V, V, spec, sample_scratch[thread], &p);
+            out.token[j] = choose_token(*kern, LG + static_cast<size_t>(j) * V, V, spec, sample_scratch[thread], &p);
             out.prob[j] = p;
         });
         if (out.logits) {

@@ -21,21 +21,22 @@ int32_t argmax(const float* logits, int V, int32_t exclude) {
     return best;
 }
 
-// Softmax probability of `token` at inverse temperature `inv_t` over the non-excluded tokens.
-float softmax_prob(const float* logits, int V, int32_t exclude, int32_t token, float inv_t) {
+// Softmax probability of `token` at inverse temperature `inv_t` over the non-excluded tokens
+// (the vocabulary on either side of the excluded id).
+float softmax_prob(const KernelTable& k, const float* logits, int V, int32_t exclude, int32_t token, float inv_t) {
     const float top = logits[token] * inv_t;
-    double total = 0.0;
-    for (int i = 0; i < V; ++i)
-        if (i != exclude) total += std::exp(static_cast<double>(logits[i] * inv_t - top));
+    if (exclude < 0) return static_cast<float>(1.0 / k.exp_sum(logits, V, inv_t, top));
+    const double total = k.exp_sum(logits, exclude, inv_t, top) + k.exp_sum(logits + exclude + 1, V - exclude - 1, inv_t, top);
     return static_cast<float>(1.0 / total);
 }
 
 }  // namespace
 
-int32_t choose_token(const float* logits, int V, const SampleSpec& spec, SampleScratch& s, float* prob) {
+int32_t choose_token(const KernelTable& k, const float* logits, int V, const SampleSpec& spec, SampleScratch& s,
+                     float* prob) {
     const int32_t best = argmax(logits, V, spec.exclude);
     if (!spec.sample || spec.temperature <= 0.0f) {
-        *prob = softmax_prob(logits, V, spec.exclude, best, 1.0f);
+        *prob = softmax_prob(k, logits, V, spec.exclude, best, 1.0f);
         return best;
     }
     const float inv_t = 1.0f / spec.temperature;

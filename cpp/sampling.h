@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/ternary.h"
+
 namespace wfrt {
 
 struct SampleSpec {
@@ -24,6 +26,8 @@ struct SampleScratch {
 // the non-excluded tokens; for sampling, its probability in the distribution sampled from (after
 // temperature, top-k and top-p, renormalised). Sampling walks the kept tokens in id order with
 // the caller's uniform draw (inverse CDF), so a fixed draw always gives the same token.
-int32_t choose_token(const float* logits, int V, const SampleSpec& spec, SampleScratch& scratch, float* prob);
+// `k` supplies the vectorised softmax denominator of the argmax probability.
+int32_t choose_token(const KernelTable& k, const float* logits, int V, const SampleSpec& spec, SampleScratch& scratch,
+                     float* prob);
 
 }  // namespace wfrt

@@ -223,3 +223,20 @@ def test_attn_refuses_bad_widths():
     with pytest.raises(ValueError, match="Vc needs 3 rows"):
         _core.attn_accumulate("generic", np.zeros((2, 3), np.float32), np.zeros((4, 8), np.float32),
                               np.zeros((2, 8), np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exp_sum_matches_reference(name):
+    rng = np.random.default_rng(23)
+    for n in (0, 1, 7, 8, 15, 16, 17, 100, 128256):
+        # Logit-like rows: most terms far below the top, some underflowing entirely.
+        x = (rng.standard_normal(n) * 8).astype(np.float32)
+        for mul, sub in ((1.0, float(x.max()) if n else 0.0), (0.7, 3.0), (1.0, 200.0)):
+            t = (x * np.float32(mul) - np.float32(sub)).astype(np.float64)
+            want = float(np.exp(t).sum())
+            got = _core.exp_sum(name, x, mul, sub)
+            # Terms below e^-87 may count as 0 (outside float's normal range).
+            assert got == pytest.approx(want, rel=1e-6, abs=n * 1.7e-38), f"{name} n={n} mul={mul} sub={sub}"
+    # The generic entry is the exact double-precision definition.
+    x = rng.standard_normal(1000).astype(np.float32)
+    assert _core.exp_sum("generic", x, 1.0, 0.0) == pytest.approx(float(np.exp(x.astype(np.float64)).sum()), rel=1e-12)

@@ -14,6 +14,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     ctypedef void (*_KF32Fn)(const float*, int, int, const float*, int, int, float*, int, int, int) noexcept nogil
     ctypedef void (*_KAttnScoresFn)(const float*, int, int, int, const float*, int, int, float, float*, int) noexcept nogil
     ctypedef void (*_KAttnAccFn)(const float*, int, int, int, const float*, int, int, float*, int) noexcept nogil
+    ctypedef double (*_KExpSumFn)(const float*, int, float, float) noexcept nogil
     cdef struct _KTable "wfrt::KernelTable":
         const char* name
         _KQuantizeFn quantize_row_i8
@@ -22,6 +23,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
         _KF32Fn f32_gemm
         _KAttnScoresFn attn_scores
         _KAttnAccFn attn_accumulate
+        _KExpSumFn exp_sum
     size_t _k_packed_bytes "wfrt::ternary_packed_bytes"(int N, int K)
     void _k_pack "wfrt::ternary_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
     void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
@@ -221,3 +223,14 @@ def attn_accumulate(name, P, Vc, O, d=None):
     with nogil:
         t.attn_accumulate(&p[0, 0], G, count, w, &v[0, 0], v.shape[1], count, &o[0, 0], o.shape[1])
     return O
+
+
+def exp_sum(name, x, float mul, float sub):
+    """sum_i exp(x[i] * mul - sub) (float argument, double sum), as a float."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const float[::1] xv = _k_np.ascontiguousarray(x, dtype=_k_np.float32).reshape(-1)
+    cdef int n = xv.shape[0]
+    cdef double r
+    with nogil:
+        r = t.exp_sum(&xv[0] if n > 0 else NULL, n, mul, sub)
+    return r

@@ -187,6 +187,51 @@ void attn_accumulate_avx2_impl(const float* P, int G, int ldp, int d, const floa
     attn_accumulate_simd<Fymm>(P, G, ldp, d, Vc, ld, count, O, ldo);
 }
 
+// exp in float to ~1 ulp, as the AVX-512 one (see there), with 2^n built in the exponent field,
+// so n must stay a normal exponent: t is clamped to [-87, 88] and results below e^-87 (2^-125)
+// flush to 0.
+inline __m256 exp_ps(__m256 t) {
+    const __m256 normal = _mm256_cmp_ps(t, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+    t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), t);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(scale)), normal);
+}
+
+double exp_sum_avx2(const float* x, int n, float mul, float sub) {
+    const __m256 vm = _mm256_set1_ps(mul), vs = _mm256_set1_ps(sub);
+    // Float exps summed in double lanes: a float running sum over 128K terms would lose digits.
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        // mul then sub, not fused: the argument rounds as the scalar expression's does.
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vm), vs));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    if (i < n) {
+        const __m256i live = Fymm::first(n - i);
+        const __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, live), vm), vs);
+        const __m256 e = _mm256_and_ps(exp_ps(t), _mm256_castsi256_ps(live));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    const __m256d s = _mm256_add_pd(lo, hi);
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
 }  // namespace
 
 namespace avx2 {
@@ -197,6 +242,7 @@ void attn_scores(const float* Q, int G, int ldq, int d, const float* Kc, int ld,
 void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O, int ldo) {
     attn_accumulate_avx2_impl(P, G, ldp, d, Vc, ld, count, O, ldo);
 }
+double exp_sum(const float* x, int n, float mul, float sub) { return exp_sum_avx2(x, n, mul, sub); }
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
     quantize_row_i8_avx2(x, K, K_padded, xq, scale, sum);
 }
@@ -210,7 +256,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 
 const KernelTable kAvx2Kernels = {
     "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
-    attn_scores_avx2, attn_accumulate_avx2_impl,
+    attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2,
 };
 
 }  // namespace wfrt

@@ -168,11 +168,44 @@ void attn_accumulate_avx512(const float* P, int G, int ldp, int d, const float* 
     attn_accumulate_simd<Fzmm>(P, G, ldp, d, Vc, ld, count, O, ldo);
 }
 
+// exp in float to ~1 ulp: e^t = 2^n * e^r with n = round(t / ln 2), r = t - n ln 2 (ln 2 in two
+// parts, so r is exact enough), e^r by its Taylor series to r^7 (|r| <= ln 2 / 2: the next term
+// is below 2^-27), 2^n applied by scalef, which underflows to 0 as exp does.
+inline __m512 exp_ps(__m512 t) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), t);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+double exp_sum_avx512(const float* x, int n, float mul, float sub) {
+    const __m512 vm = _mm512_set1_ps(mul), vs = _mm512_set1_ps(sub);
+    // Float exps summed in double lanes: a float running sum over 128K terms would lose digits.
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        // mul then sub, not fused: the argument rounds as the scalar expression's does.
+        const __m512 t = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(live, x + i), vm), vs);
+        const __m512 e = _mm512_maskz_mov_ps(live, exp_ps(t));
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+}
+
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
     "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
-    attn_scores_avx512, attn_accumulate_avx512,
+    attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512,
 };
 
 }  // namespace wfrt

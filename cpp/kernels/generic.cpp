@@ -112,6 +112,12 @@ void attn_accumulate_generic(const float* P, int G, int ldp, int d, const float*
     }
 }
 
+double exp_sum_generic(const float* x, int n, float mul, float sub) {
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) total += std::exp(static_cast<double>(x[i] * mul - sub));
+    return total;
+}
+
 }  // namespace
 
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
@@ -149,7 +155,7 @@ void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
 
 const KernelTable kGenericKernels = {
     "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
-    attn_scores_generic, attn_accumulate_generic,
+    attn_scores_generic, attn_accumulate_generic, exp_sum_generic,
 };
 
 }  // namespace wfrt

@@ -30,6 +30,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 void attn_scores(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
                  int lds);
 void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count, float* O, int ldo);
+double exp_sum(const float* x, int n, float mul, float sub);
 }  // namespace avx2
 
 // Byte offset of the chunk holding (tile, k-group g) for a matrix of padded width Kp.

@@ -63,6 +63,10 @@ struct KernelTable {
     // Weighted values, added: O[g*ldo + e] += sum_j P[g*ldp + j] * Vc[j*ld + e], j in order.
     void (*attn_accumulate)(const float* P, int G, int ldp, int d, const float* Vc, int ld, int count,
                             float* O, int ldo);
+    // Softmax denominator over a vocabulary row: sum_i exp(x[i] * mul - sub), the argument
+    // rounded to float as written (a product, then a difference), the sum in double. SIMD
+    // variants take exp in float (within 1e-6 rel per term; terms below e^-87 may count as 0).
+    double (*exp_sum)(const float* x, int n, float mul, float sub);
 };
 
 // The table for the best ISA this CPU supports (or the one WFRT_ISA names).
