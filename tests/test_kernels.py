@@ -240,3 +240,16 @@ def test_exp_sum_matches_reference(name):
     # The generic entry is the exact double-precision definition.
     x = rng.standard_normal(1000).astype(np.float32)
     assert _core.exp_sum("generic", x, 1.0, 0.0) == pytest.approx(float(np.exp(x.astype(np.float64)).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_relu2_mul_is_exact(name):
+    rng = np.random.default_rng(29)
+    for n in (1, 7, 8, 15, 16, 17, 6912):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[0] = np.nan
+        up = rng.standard_normal(n).astype(np.float32)
+        r = np.maximum(np.nan_to_num(x, nan=0.0), np.float32(0))
+        np.testing.assert_array_equal(_core.relu2_mul(name, x, up), r * r * up, err_msg=f"{name} n={n}")
+    with pytest.raises(ValueError, match="up has 2 values"):
+        _core.relu2_mul(name, np.zeros(3, np.float32), np.zeros(2, np.float32))

@@ -15,6 +15,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     ctypedef void (*_KAttnScoresFn)(const float*, int, int, int, const float*, int, int, float, float*, int) noexcept nogil
     ctypedef void (*_KAttnAccFn)(const float*, int, int, int, const float*, int, int, float*, int) noexcept nogil
     ctypedef double (*_KExpSumFn)(const float*, int, float, float) noexcept nogil
+    ctypedef void (*_KRelu2Fn)(float*, const float*, int) noexcept nogil
     cdef struct _KTable "wfrt::KernelTable":
         const char* name
         _KQuantizeFn quantize_row_i8
@@ -24,6 +25,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
         _KAttnScoresFn attn_scores
         _KAttnAccFn attn_accumulate
         _KExpSumFn exp_sum
+        _KRelu2Fn relu2_mul
     size_t _k_packed_bytes "wfrt::ternary_packed_bytes"(int N, int K)
     void _k_pack "wfrt::ternary_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
     void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
@@ -234,3 +236,18 @@ def exp_sum(name, x, float mul, float sub):
     with nogil:
         r = t.exp_sum(&xv[0] if n > 0 else NULL, n, mul, sub)
     return r
+
+
+def relu2_mul(name, x, up):
+    """max(x, 0)^2 * up (float32, elementwise; NaN in x gives 0) as a new array."""
+    cdef const _KTable* t = _k_table(name)
+    out = _k_np.array(x, dtype=_k_np.float32).reshape(-1)
+    cdef float[::1] o = out
+    cdef const float[::1] u = _k_np.ascontiguousarray(up, dtype=_k_np.float32).reshape(-1)
+    if u.shape[0] != o.shape[0]:
+        raise ValueError(f"up has {u.shape[0]} values, x has {o.shape[0]}")
+    cdef int n = o.shape[0]
+    if n > 0:
+        with nogil:
+            t.relu2_mul(&o[0], &u[0], n)
+    return out

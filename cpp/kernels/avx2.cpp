@@ -232,6 +232,19 @@ double exp_sum_avx2(const float* x, int n, float mul, float sub) {
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
 
+// max_ps returns its second operand when either is NaN: NaN -> 0, as the reference.
+void relu2_mul_avx2(float* x, const float* up, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 r = _mm256_max_ps(_mm256_loadu_ps(x + i), _mm256_setzero_ps());
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(r, r), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; ++i) {
+        const float r = x[i] > 0.0f ? x[i] : 0.0f;
+        x[i] = r * r * up[i];
+    }
+}
+
 }  // namespace
 
 namespace avx2 {
@@ -243,6 +256,7 @@ void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int
     attn_accumulate_avx2_impl(P, G, ldp, d, Vc, ld, count, O, ldo);
 }
 double exp_sum(const float* x, int n, float mul, float sub) { return exp_sum_avx2(x, n, mul, sub); }
+void relu2_mul(float* x, const float* up, int n) { relu2_mul_avx2(x, up, n); }
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
     quantize_row_i8_avx2(x, K, K_padded, xq, scale, sum);
 }
@@ -256,7 +270,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 
 const KernelTable kAvx2Kernels = {
     "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
-    attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2,
+    attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2, relu2_mul_avx2,
 };
 
 }  // namespace wfrt

@@ -201,11 +201,20 @@ double exp_sum_avx512(const float* x, int n, float mul, float sub) {
     return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
 }
 
+// max_ps returns its second operand when either is NaN: NaN -> 0, as the reference.
+void relu2_mul_avx512(float* x, const float* up, int n) {
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 r = _mm512_max_ps(_mm512_maskz_loadu_ps(live, x + i), _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(x + i, live, _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_maskz_loadu_ps(live, up + i)));
+    }
+}
+
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
     "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
-    attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512,
+    attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512, relu2_mul_avx512,
 };
 
 }  // namespace wfrt

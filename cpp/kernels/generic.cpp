@@ -118,6 +118,13 @@ double exp_sum_generic(const float* x, int n, float mul, float sub) {
     return total;
 }
 
+void relu2_mul_generic(float* x, const float* up, int n) {
+    for (int i = 0; i < n; ++i) {
+        const float r = x[i] > 0.0f ? x[i] : 0.0f;
+        x[i] = r * r * up[i];
+    }
+}
+
 }  // namespace
 
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
@@ -155,7 +162,7 @@ void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
 
 const KernelTable kGenericKernels = {
     "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
-    attn_scores_generic, attn_accumulate_generic, exp_sum_generic,
+    attn_scores_generic, attn_accumulate_generic, exp_sum_generic, relu2_mul_generic,
 };
 
 }  // namespace wfrt

@@ -67,6 +67,8 @@ struct KernelTable {
     // rounded to float as written (a product, then a difference), the sum in double. SIMD
     // variants take exp in float (within 1e-6 rel per term; terms below e^-87 may count as 0).
     double (*exp_sum)(const float* x, int n, float mul, float sub);
+    // The FFN gate in place: x[i] = r * r * up[i] with r = max(x[i], 0) (NaN -> 0). Exact.
+    void (*relu2_mul)(float* x, const float* up, int n);
 };
 
 // The table for the best ISA this CPU supports (or the one WFRT_ISA names).
