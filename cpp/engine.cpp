@@ -42,6 +42,10 @@ int pick_pages(const ModelConfig& cfg, const EngineOptions& opt) {
     return static_cast<int>(std::min(per_seq * opt.max_slots, std::max(per_seq, budget)));
 }
 
+// Rows of one slot whose attention runs as one task (see attention()): 8 rows' scores at 4096
+// positions and 4 heads stay within 512 KiB per thread.
+constexpr int kAttnRows = 8;
+
 // Grow-only buffers: a step allocates only when it is larger than every step before it.
 template <class T>
 T* grow(std::vector<T>& v, size_t n) {
@@ -83,7 +87,7 @@ struct BitNetBatchEngine::Impl {
     std::vector<float> x, a_norm, q, k, v, o, gate, up, scores, xo, logits, qa;
     std::vector<int8_t> xq;
     std::vector<int32_t> y32, xsum;
-    std::vector<int> step_hw;
+    std::vector<int> step_hw, row_limit, row_blocks;
     std::vector<std::pair<int, int>> row_keys;
     std::vector<SampleScratch> sample_scratch;
 };
@@ -142,45 +146,64 @@ void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
     const int M = in.n_rows;
 
     // Visible keys form a prefix [0, limit) of the slot: p_k // B <= p_q // B and p_k < high-water.
+    int* limit = grow(row_limit, M);
     int max_limit = 1;
     for (int i = 0; i < M; ++i) {
         const int s = in.slot[i], B = kv.attn_block(s);
-        max_limit = std::max(max_limit, std::min(step_hw[s], (in.position[i] / B + 1) * B));
+        limit[i] = std::min(step_hw[s], (in.position[i] / B + 1) * B);
+        max_limit = std::max(max_limit, limit[i]);
     }
-    float* sc_all = grow(scores, static_cast<size_t>(max_limit) * G * pool.size());
+    // Blocks of up to kAttnRows consecutive rows of one slot: each cached page is read from
+    // memory once per block (it stays in L1 while the block's rows use it), not once per row.
+    row_blocks.clear();
+    for (int i = 0; i < M; ++i)
+        if (row_blocks.empty() || i - row_blocks.back() == kAttnRows || in.slot[i] != in.slot[i - 1]) row_blocks.push_back(i);
+    const int n_blocks = static_cast<int>(row_blocks.size());
+    row_blocks.push_back(M);
+    const size_t per_row = static_cast<size_t>(G) * max_limit;
+    float* sc_all = grow(scores, per_row * kAttnRows * pool.size());
     float* O = o.data();
     const float* Q = q.data();
 
-    // One task per (row, KV head): the G query heads sharing a KV head (heads kh*G .. kh*G+G-1)
-    // read each cached K and V row once. Positions are walked in runs of one page, where rows
-    // are contiguous.
-    pool.parallel_for(M * nkv, [&](int task, int thread) {
-        const int i = task / nkv, kh = task % nkv;
-        const int s = in.slot[i], B = kv.attn_block(s);
-        const int limit = std::min(step_hw[s], (in.position[i] / B + 1) * B);
-        const size_t head0 = static_cast<size_t>(i) * QD + static_cast<size_t>(kh) * G * hd;
-        float* sc = sc_all + static_cast<size_t>(thread) * max_limit * G;
-        for (int j = 0; j < limit; j += ps - j % ps) {
-            const int run = std::min(ps - j % ps, limit - j);
-            kern->attn_scores(Q + head0, G, hd, hd, kv.k_row(layer, s, j) + kh * hd, KD, run, scale, sc + j, max_limit);
+    // One task per (row block, KV head): the G query heads sharing a KV head (heads kh*G ..
+    // kh*G+G-1) read each cached K and V row together. Positions go in runs of one page, where
+    // rows are contiguous.
+    pool.parallel_for(n_blocks * nkv, [&](int task, int thread) {
+        const int b = task / nkv, kh = task % nkv;
+        const int i0 = row_blocks[b], i1 = row_blocks[b + 1], s = in.slot[i0];
+        int block_limit = 0;
+        for (int i = i0; i < i1; ++i) block_limit = std::max(block_limit, limit[i]);
+        float* sc = sc_all + static_cast<size_t>(thread) * kAttnRows * per_row;
+        auto head0 = [&](int i) { return static_cast<size_t>(i) * QD + static_cast<size_t>(kh) * G * hd; };
+        for (int j = 0; j < block_limit; j += ps - j % ps) {
+            const int run_end = std::min(j + ps - j % ps, block_limit);
+            const float* kr = kv.k_row(layer, s, j) + kh * hd;
+            for (int i = i0; i < i1; ++i)
+                if (limit[i] > j)
+                    kern->attn_scores(Q + head0(i), G, hd, hd, kr, KD, std::min(run_end, limit[i]) - j, scale,
+                                      sc + (i - i0) * per_row + j, max_limit);
         }
-        for (int g = 0; g < G; ++g) {
-            float* sg = sc + static_cast<size_t>(g) * max_limit;
-            float mx = -INFINITY;
-            for (int j = 0; j < limit; ++j) mx = std::max(mx, sg[j]);
-            float sum = 0.0f;
-            for (int j = 0; j < limit; ++j) {
-                sg[j] = std::exp(sg[j] - mx);
-                sum += sg[j];
+        for (int i = i0; i < i1; ++i)
+            for (int g = 0; g < G; ++g) {
+                float* sg = sc + (i - i0) * per_row + static_cast<size_t>(g) * max_limit;
+                float mx = -INFINITY;
+                for (int j = 0; j < limit[i]; ++j) mx = std::max(mx, sg[j]);
+                float sum = 0.0f;
+                for (int j = 0; j < limit[i]; ++j) {
+                    sg[j] = std::exp(sg[j] - mx);
+                    sum += sg[j];
+                }
+                const float inv = 1.0f / sum;
+                for (int j = 0; j < limit[i]; ++j) sg[j] *= inv;
             }
-            const float inv = 1.0f / sum;
-            for (int j = 0; j < limit; ++j) sg[j] *= inv;
-        }
-        float* oh = O + head0;
-        std::fill(oh, oh + static_cast<size_t>(G) * hd, 0.0f);
-        for (int j = 0; j < limit; j += ps - j % ps) {
-            const int run = std::min(ps - j % ps, limit - j);
-            kern->attn_accumulate(sc + j, G, max_limit, hd, kv.v_row(layer, s, j) + kh * hd, KD, run, oh, hd);
+        for (int i = i0; i < i1; ++i) std::fill(O + head0(i), O + head0(i) + static_cast<size_t>(G) * hd, 0.0f);
+        for (int j = 0; j < block_limit; j += ps - j % ps) {
+            const int run_end = std::min(j + ps - j % ps, block_limit);
+            const float* vr = kv.v_row(layer, s, j) + kh * hd;
+            for (int i = i0; i < i1; ++i)
+                if (limit[i] > j)
+                    kern->attn_accumulate(sc + (i - i0) * per_row + j, G, max_limit, hd, vr, KD,
+                                          std::min(run_end, limit[i]) - j, O + head0(i), hd);
         }
     });
 }
