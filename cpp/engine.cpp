@@ -184,18 +184,7 @@ void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
                                       sc + (i - i0) * per_row + j, max_limit);
         }
         for (int i = i0; i < i1; ++i)
-            for (int g = 0; g < G; ++g) {
-                float* sg = sc + (i - i0) * per_row + static_cast<size_t>(g) * max_limit;
-                float mx = -INFINITY;
-                for (int j = 0; j < limit[i]; ++j) mx = std::max(mx, sg[j]);
-                float sum = 0.0f;
-                for (int j = 0; j < limit[i]; ++j) {
-                    sg[j] = std::exp(sg[j] - mx);
-                    sum += sg[j];
-                }
-                const float inv = 1.0f / sum;
-                for (int j = 0; j < limit[i]; ++j) sg[j] *= inv;
-            }
+            for (int g = 0; g < G; ++g) kern->softmax(sc + (i - i0) * per_row + static_cast<size_t>(g) * max_limit, limit[i]);
         for (int i = i0; i < i1; ++i) std::fill(O + head0(i), O + head0(i) + static_cast<size_t>(G) * hd, 0.0f);
         for (int j = 0; j < block_limit; j += ps - j % ps) {
             const int run_end = std::min(j + ps - j % ps, block_limit);

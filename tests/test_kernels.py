@@ -253,3 +253,18 @@ def test_relu2_mul_is_exact(name):
         np.testing.assert_array_equal(_core.relu2_mul(name, x, up), r * r * up, err_msg=f"{name} n={n}")
     with pytest.raises(ValueError, match="up has 2 values"):
         _core.relu2_mul(name, np.zeros(3, np.float32), np.zeros(2, np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_softmax_matches_reference(name):
+    rng = np.random.default_rng(31)
+    for n in (1, 7, 8, 15, 16, 17, 64, 1000, 4096):
+        x = (rng.standard_normal(n) * 6).astype(np.float32)
+        x[-1] = x.max() + 1  # the maximum in the tail
+        z = np.exp(x.astype(np.float64) - x.max())
+        want = z / z.sum()
+        got = _core.softmax(name, x)
+        # Exps within an ulp or two; the float sum in any order within n ulps.
+        np.testing.assert_allclose(got, want, rtol=2e-6 + n * 2**-24, atol=1e-45, err_msg=f"{name} n={n}")
+    with pytest.raises(ValueError, match="at least one"):
+        _core.softmax(name, np.zeros(0, np.float32))

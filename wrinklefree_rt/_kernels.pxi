@@ -16,6 +16,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     ctypedef void (*_KAttnAccFn)(const float*, int, int, int, const float*, int, int, float*, int) noexcept nogil
     ctypedef double (*_KExpSumFn)(const float*, int, float, float) noexcept nogil
     ctypedef void (*_KRelu2Fn)(float*, const float*, int) noexcept nogil
+    ctypedef void (*_KSoftmaxFn)(float*, int) noexcept nogil
     cdef struct _KTable "wfrt::KernelTable":
         const char* name
         _KQuantizeFn quantize_row_i8
@@ -26,6 +27,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
         _KAttnAccFn attn_accumulate
         _KExpSumFn exp_sum
         _KRelu2Fn relu2_mul
+        _KSoftmaxFn softmax
     size_t _k_packed_bytes "wfrt::ternary_packed_bytes"(int N, int K)
     void _k_pack "wfrt::ternary_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
     void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
@@ -250,4 +252,17 @@ def relu2_mul(name, x, up):
     if n > 0:
         with nogil:
             t.relu2_mul(&o[0], &u[0], n)
+    return out
+
+
+def softmax(name, x):
+    """Softmax of a non-empty float32 vector, as a new array."""
+    cdef const _KTable* t = _k_table(name)
+    out = _k_np.array(x, dtype=_k_np.float32).reshape(-1)
+    cdef float[::1] o = out
+    cdef int n = o.shape[0]
+    if n < 1:
+        raise ValueError("softmax needs at least one value")
+    with nogil:
+        t.softmax(&o[0], n)
     return out

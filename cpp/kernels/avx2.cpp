@@ -245,6 +245,33 @@ void relu2_mul_avx2(float* x, const float* up, int n) {
     }
 }
 
+void softmax_avx2(float* x, int n) {
+    const int full = n / 8 * 8;
+    const __m256i tail = Fymm::first(n - full);
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int i = 0; i < full; i += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(x + i));
+    float m = -INFINITY;
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, mx);
+    for (float v : lanes) m = v > m ? v : m;
+    for (int i = full; i < n; ++i) m = x[i] > m ? x[i] : m;
+    const __m256 vmx = _mm256_set1_ps(m);
+    __m256 sum = _mm256_setzero_ps();
+    for (int i = 0; i < full; i += 8) {
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
+        _mm256_storeu_ps(x + i, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    if (full < n) {
+        const __m256 e = _mm256_and_ps(exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + full, tail), vmx)), _mm256_castsi256_ps(tail));
+        _mm256_maskstore_ps(x + full, tail, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / Fymm::sum(sum));
+    for (int i = 0; i < full; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    if (full < n) _mm256_maskstore_ps(x + full, tail, _mm256_mul_ps(_mm256_maskload_ps(x + full, tail), inv));
+}
+
 }  // namespace
 
 namespace avx2 {
@@ -257,6 +284,7 @@ void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int
 }
 double exp_sum(const float* x, int n, float mul, float sub) { return exp_sum_avx2(x, n, mul, sub); }
 void relu2_mul(float* x, const float* up, int n) { relu2_mul_avx2(x, up, n); }
+void softmax(float* x, int n) { softmax_avx2(x, n); }
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
     quantize_row_i8_avx2(x, K, K_padded, xq, scale, sum);
 }
@@ -271,6 +299,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 const KernelTable kAvx2Kernels = {
     "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
     attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2, relu2_mul_avx2,
+    softmax_avx2,
 };
 
 }  // namespace wfrt

@@ -1,5 +1,6 @@
 // AVX-512 VNNI kernels: one 512-bit vector holds a whole 16-row tile's int32 lanes, and vpdpbusd
 // takes the broadcast activation bytes straight from memory. Quantization is the AVX2 one.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -210,11 +211,27 @@ void relu2_mul_avx512(float* x, const float* up, int n) {
     }
 }
 
+void softmax_avx512(float* x, int n) {
+    auto live = [n](int i) { return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1); };
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 16) mx = _mm512_mask_max_ps(mx, live(i), mx, _mm512_maskz_loadu_ps(live(i), x + i));
+    const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        const __m512 e = _mm512_maskz_mov_ps(live(i), exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live(i), x + i), vmx)));
+        _mm512_mask_storeu_ps(x + i, live(i), e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int i = 0; i < n; i += 16) _mm512_mask_storeu_ps(x + i, live(i), _mm512_mul_ps(_mm512_maskz_loadu_ps(live(i), x + i), inv));
+}
+
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
     "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
     attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512, relu2_mul_avx512,
+    softmax_avx512,
 };
 
 }  // namespace wfrt

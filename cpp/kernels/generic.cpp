@@ -125,6 +125,18 @@ void relu2_mul_generic(float* x, const float* up, int n) {
     }
 }
 
+void softmax_generic(float* x, int n) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+    float sum = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        x[i] = std::exp(x[i] - mx);
+        sum += x[i];
+    }
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < n; ++i) x[i] *= inv;
+}
+
 }  // namespace
 
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
@@ -163,6 +175,7 @@ void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
 const KernelTable kGenericKernels = {
     "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
     attn_scores_generic, attn_accumulate_generic, exp_sum_generic, relu2_mul_generic,
+    softmax_generic,
 };
 
 }  // namespace wfrt

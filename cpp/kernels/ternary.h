@@ -69,6 +69,9 @@ struct KernelTable {
     double (*exp_sum)(const float* x, int n, float mul, float sub);
     // The FFN gate in place: x[i] = r * r * up[i] with r = max(x[i], 0) (NaN -> 0). Exact.
     void (*relu2_mul)(float* x, const float* up, int n);
+    // Softmax in place over n >= 1 attention scores: x[i] = exp(x[i] - max) / sum (SIMD variants
+    // within 1e-6 rel).
+    void (*softmax)(float* x, int n);
 };
 
 // The table for the best ISA this CPU supports (or the one WFRT_ISA names).
