@@ -1,5 +1,6 @@
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <string>
@@ -60,9 +61,22 @@ void ThreadPool::run_tasks(const Job& job, int thread_index) {
     }
 }
 
+namespace {
+using Clock = std::chrono::steady_clock;
+// A worker that another process pushed off its core holds the loop's last task until the
+// scheduler runs it again (milliseconds, against loops of about one): then every sync point costs
+// a time slice and two threads run slower than one. When the caller, done with its share,
+// waits longer than it worked (and at least kLateFloor: waking a sleeping worker takes tens of
+// microseconds), the next loops run on the caller alone for kSerialSpell, then threads are tried
+// again. On a quiet machine workers finish within a task of the caller and this never triggers.
+constexpr auto kLateFloor = std::chrono::microseconds(500);
+constexpr auto kSerialSpell = std::chrono::milliseconds(100);
+}  // namespace
+
 void ThreadPool::run(int n_tasks, TaskFn fn, void* ctx) {
     if (n_tasks <= 0) return;
-    if (n_threads_ == 1 || n_tasks == 1) {
+    const Clock::time_point start = Clock::now();
+    if (n_threads_ == 1 || n_tasks == 1 || start < serial_until_) {
         for (int t = 0; t < n_tasks; ++t) fn(ctx, t, 0);
         return;
     }
@@ -77,7 +91,10 @@ void ThreadPool::run(int n_tasks, TaskFn fn, void* ctx) {
     }
     wake_.notify_all();
     run_tasks(job, 0);
+    const Clock::time_point own_done = Clock::now();
     while (done_.load(std::memory_order_acquire) != n_tasks) std::this_thread::yield();
+    const Clock::time_point end = Clock::now();
+    if (end - own_done > std::max<Clock::duration>(own_done - start, kLateFloor)) serial_until_ = end + kSerialSpell;
 }
 
 void ThreadPool::worker(int thread_index) {

@@ -5,6 +5,7 @@
 // tens of microseconds, which would dominate single-token decode.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <type_traits>
@@ -29,6 +30,8 @@ public:
 
     // Calls fn(task, thread) for every task in [0, n_tasks), spread over the pool; the calling
     // thread takes part as thread 0. Returns when all tasks are done. Not reentrant.
+    // Under CPU contention the pool may run loops on the calling thread alone for a while (see
+    // run()); which thread runs a task never changes a result.
     // Takes the callable by reference (no std::function) so a loop allocates nothing.
     template <class F>
     void parallel_for(int n_tasks, F&& fn) {
@@ -61,6 +64,8 @@ private:
     std::atomic<uint64_t> claim_{0};
     std::atomic<int> done_{0};
     bool stop_ = false;
+    // Until then, loops run on the calling thread alone (only the caller touches it).
+    std::chrono::steady_clock::time_point serial_until_{};
 };
 
 }  // namespace wfrt
