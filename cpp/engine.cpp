@@ -270,7 +270,7 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
     if (n_out > 0) {
         float* XO = grow(xo, static_cast<size_t>(n_out) * H);
         for (int j = 0; j < n_out; ++j)
-            rms_norm_rows(X + static_cast<size_t>(in.out_row[j]) * H, model.final_norm.data(), 1, H, eps,
+            rms_norm_rows(*kern, X + static_cast<size_t>(in.out_row[j]) * H, model.final_norm.data(), 1, H, eps,
                           XO + static_cast<size_t>(j) * H);
         float* LG = grow(logits, static_cast<size_t>(n_out) * V);
         int32_t* HY = grow(y32, static_cast<size_t>(n_out) * V);

@@ -243,20 +243,11 @@ void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, 
     }
 }
 
-void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, float* out) {
+void rms_norm_rows(const KernelTable& k, const float* x, const float* w, int M, int n, float eps, float* out) {
     for (int m = 0; m < M; ++m) {
         const float* xr = x + static_cast<size_t>(m) * n;
         float* o = out + static_cast<size_t>(m) * n;
-        // Eight partial sums: one running double sum is a serial add chain (the compiler may not
-        // reorder it), which made the norms a tenth of a batched step. Squares of floats are
-        // exact in double, so the order changes the float result only at a rounding boundary.
-        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int i = 0;
-        for (; i + 8 <= n; i += 8)
-            for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(xr[i + j]) * xr[i + j];
-        double ss = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for (; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
-        float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+        const float r = 1.0f / std::sqrt(static_cast<float>(k.sum_squares(xr, n) / n) + eps);
         for (int e = 0; e < n; ++e) o[e] = w[e] * (xr[e] * r);
     }
 }
@@ -270,7 +261,7 @@ void norm_quantize_rows(const Compute& c, float* x, const float* up, const float
         // (mispredicted half the time), a tenth of a batched step.
         if (up) c.k->relu2_mul(xr, up + static_cast<size_t>(m) * K, K);
         float* nr = normed + static_cast<size_t>(m) * K;
-        rms_norm_rows(xr, w, 1, K, eps, nr);
+        rms_norm_rows(*c.k, xr, w, 1, K, eps, nr);
         c.k->quantize_row_i8(nr, K, Kp, xq + static_cast<size_t>(m) * Kp, a + m, xsum + m);
     });
 }

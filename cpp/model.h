@@ -71,7 +71,8 @@ struct Compute {
 void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale);
 
 // Row-wise RMSNorm in fp32: out = x * rsqrt(mean(x^2) + eps) * w.  x, out: M rows of n (ld n).
-void rms_norm_rows(const float* x, const float* w, int M, int n, float eps, float* out);
+// The sum of squares in double (kernel entry sum_squares).
+void rms_norm_rows(const KernelTable& k, const float* x, const float* w, int M, int n, float eps, float* out);
 
 // The input of a BitLinear, row by row (parallel over rows): RMSNorm with weight w into `normed`
 // (M x K scratch), then per-row int8 activations xq (M x ternary_padded_k(K)), scale a, sum x_q.

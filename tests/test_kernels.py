@@ -268,3 +268,12 @@ def test_softmax_matches_reference(name):
         np.testing.assert_allclose(got, want, rtol=2e-6 + n * 2**-24, atol=1e-45, err_msg=f"{name} n={n}")
     with pytest.raises(ValueError, match="at least one"):
         _core.softmax(name, np.zeros(0, np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sum_squares_matches_reference(name):
+    rng = np.random.default_rng(37)
+    for n in (0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 2560, 6912):
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        want = float(np.sum(x.astype(np.float64) ** 2))
+        assert _core.sum_squares(name, x) == pytest.approx(want, rel=1e-14, abs=0), f"{name} n={n}"

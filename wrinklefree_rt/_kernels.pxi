@@ -17,6 +17,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     ctypedef double (*_KExpSumFn)(const float*, int, float, float) noexcept nogil
     ctypedef void (*_KRelu2Fn)(float*, const float*, int) noexcept nogil
     ctypedef void (*_KSoftmaxFn)(float*, int) noexcept nogil
+    ctypedef double (*_KSumSqFn)(const float*, int) noexcept nogil
     cdef struct _KTable "wfrt::KernelTable":
         const char* name
         _KQuantizeFn quantize_row_i8
@@ -28,6 +29,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
         _KExpSumFn exp_sum
         _KRelu2Fn relu2_mul
         _KSoftmaxFn softmax
+        _KSumSqFn sum_squares
     size_t _k_packed_bytes "wfrt::ternary_packed_bytes"(int N, int K)
     void _k_pack "wfrt::ternary_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
     void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
@@ -266,3 +268,14 @@ def softmax(name, x):
     with nogil:
         t.softmax(&o[0], n)
     return out
+
+
+def sum_squares(name, x):
+    """sum of x**2 (float32 values, double sum)."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const float[::1] xv = _k_np.ascontiguousarray(x, dtype=_k_np.float32).reshape(-1)
+    cdef int n = xv.shape[0]
+    cdef double r
+    with nogil:
+        r = t.sum_squares(&xv[0] if n > 0 else NULL, n)
+    return r

@@ -272,6 +272,21 @@ void softmax_avx2(float* x, int n) {
     if (full < n) _mm256_maskstore_ps(x + full, tail, _mm256_mul_ps(_mm256_maskload_ps(x + full, tail), inv));
 }
 
+double sum_squares_avx2(const float* x, int n) {
+    __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        WFRT_UNROLL for (int j = 0; j < 4; ++j) {
+            const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * j));
+            acc[j] = _mm256_fmadd_pd(v, v, acc[j]);
+        }
+    const __m256d s4 = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+    const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+    double s = _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+    for (; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+    return s;
+}
+
 }  // namespace
 
 namespace avx2 {
@@ -285,6 +300,7 @@ void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int
 double exp_sum(const float* x, int n, float mul, float sub) { return exp_sum_avx2(x, n, mul, sub); }
 void relu2_mul(float* x, const float* up, int n) { relu2_mul_avx2(x, up, n); }
 void softmax(float* x, int n) { softmax_avx2(x, n); }
+double sum_squares(const float* x, int n) { return sum_squares_avx2(x, n); }
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum) {
     quantize_row_i8_avx2(x, K, K_padded, xq, scale, sum);
 }
@@ -299,7 +315,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 const KernelTable kAvx2Kernels = {
     "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
     attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2, relu2_mul_avx2,
-    softmax_avx2,
+    softmax_avx2, sum_squares_avx2,
 };
 
 }  // namespace wfrt

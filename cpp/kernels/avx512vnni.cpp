@@ -226,12 +226,27 @@ void softmax_avx512(float* x, int n) {
     for (int i = 0; i < n; i += 16) _mm512_mask_storeu_ps(x + i, live(i), _mm512_mul_ps(_mm512_maskz_loadu_ps(live(i), x + i), inv));
 }
 
+double sum_squares_avx512(const float* x, int n) {
+    __m512d acc[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        WFRT_UNROLL for (int j = 0; j < 4; ++j) {
+            const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8 * j));
+            acc[j] = _mm512_fmadd_pd(v, v, acc[j]);
+        }
+    for (; i < n; i += 8) {
+        const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(n - i >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - i)) - 1), x + i));
+        acc[0] = _mm512_fmadd_pd(v, v, acc[0]);
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3])));
+}
+
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
     "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
     attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512, relu2_mul_avx512,
-    softmax_avx512,
+    softmax_avx512, sum_squares_avx512,
 };
 
 }  // namespace wfrt

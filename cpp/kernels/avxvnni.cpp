@@ -33,7 +33,7 @@ void ternary_gemm_avxvnni(const uint8_t* W, int N, int K, const int8_t* X, int l
 const KernelTable kAvxVnniKernels = {
     "avxvnni", avx2::quantize_row_i8, ternary_gemm_avxvnni, avx2::i8_gemm, avx2::f32_gemm,
     avx2::attn_scores, avx2::attn_accumulate, avx2::exp_sum, avx2::relu2_mul,
-    avx2::softmax,
+    avx2::softmax, avx2::sum_squares,
 };
 
 }  // namespace wfrt

@@ -137,6 +137,17 @@ void softmax_generic(float* x, int n) {
     for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
+// Eight partial sums: one running sum is a serial add chain the compiler may not reorder.
+double sum_squares_generic(const float* x, int n) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(x[i + j]) * x[i + j];
+    double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+    return s;
+}
+
 }  // namespace
 
 void ternary_pack(const int8_t* q, int N, int K, uint8_t* out) {
@@ -175,7 +186,7 @@ void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
 const KernelTable kGenericKernels = {
     "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
     attn_scores_generic, attn_accumulate_generic, exp_sum_generic, relu2_mul_generic,
-    softmax_generic,
+    softmax_generic, sum_squares_generic,
 };
 
 }  // namespace wfrt

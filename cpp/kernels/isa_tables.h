@@ -33,6 +33,7 @@ void attn_accumulate(const float* P, int G, int ldp, int d, const float* Vc, int
 double exp_sum(const float* x, int n, float mul, float sub);
 void relu2_mul(float* x, const float* up, int n);
 void softmax(float* x, int n);
+double sum_squares(const float* x, int n);
 }  // namespace avx2
 
 // Byte offset of the chunk holding (tile, k-group g) for a matrix of padded width Kp.

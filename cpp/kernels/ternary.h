@@ -72,6 +72,9 @@ struct KernelTable {
     // Softmax in place over n >= 1 attention scores: x[i] = exp(x[i] - max) / sum (SIMD variants
     // within 1e-6 rel).
     void (*softmax)(float* x, int n);
+    // RMSNorm's sum of squares, in double (float squares are exact in double, so any order
+    // agrees to double rounding).
+    double (*sum_squares)(const float* x, int n);
 };
 
 // The table for the best ISA this CPU supports (or the one WFRT_ISA names).
