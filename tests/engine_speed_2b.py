@@ -1,7 +1,12 @@
 """Load time and decode speed of BitNetBatchEngine on a random model with the real BitNet
 b1.58 2B-4T shape (random ternary codes, random fp32 embeddings; nothing downloaded).
 
-    python tests/engine_speed_2b.py [--threads 2] [--lm-head int8] [--tokens 32]
+    python tests/engine_speed_2b.py [--threads 2] [--lm-head int8] [--tokens 32] [--rows 32,128,512]
+
+Per-phase profile (perf records only the named phases: prefill, decode, block):
+
+    mkfifo /tmp/ctl && perf record -D -1 --control fifo:/tmp/ctl -o /tmp/p.data python \
+        tests/engine_speed_2b.py --perf-ctl /tmp/ctl --perf-phase block && perf report -i /tmp/p.data
 
 Not a pytest test (it needs ~4 GB of memory and a minute); the numbers go in the reports.
 """
