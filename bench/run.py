@@ -83,28 +83,43 @@ def ternary_bytes_ours(shape: synth.Shape) -> int:
 
 
 class CpuMeter:
-    """CPU time other processes used while we measured, in cores: on a shared 2-core machine a
-    neighbour's compile halves what either side gets, and llama.cpp's spinning OpenMP barrier
-    suffers far more from it than a sleeping pool. Every sample carries this figure."""
+    """Who used the CPU while we measured. ``foreign_cores``: CPU time of other processes per
+    wall second; on a shared 2-core machine a neighbour's compile takes time slices from either
+    side, and llama.cpp's spinning OpenMP barrier suffers more from it than a sleeping pool.
+    But a system that leaves a core idle also lets neighbours in, so ``own_cores`` (this
+    process) and ``preempted_per_s`` (involuntary context switches of its threads) are kept
+    beside it. Every sample carries all three."""
 
     _HZ = os.sysconf("SC_CLK_TCK")
 
     def __init__(self) -> None:
-        self.t, self.busy, self.own = self._read()
+        self.t, self.busy, self.own, self.nvcsw = self._read()
 
     @classmethod
-    def _read(cls) -> tuple[float, float, float]:
+    def _read(cls) -> tuple[float, float, float, int]:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
         busy = (sum(fields[:8]) - idle) / cls._HZ  # user..steal, guests are inside user
         t = os.times()
-        return time.perf_counter(), busy, t.user + t.system
+        nvcsw = 0
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("nonvoluntary_ctxt_switches"):
+                        nvcsw += int(line.split()[1])
+            except OSError:  # a thread that just ended
+                pass
+        return time.perf_counter(), busy, t.user + t.system, nvcsw
+
+    def read(self) -> dict:
+        t, busy, own, nvcsw = self._read()
+        wall = max(t - self.t, 1e-9)
+        return {"foreign_cores": max(0.0, (busy - self.busy) - (own - self.own)) / wall,
+                "own_cores": (own - self.own) / wall, "preempted_per_s": (nvcsw - self.nvcsw) / wall}
 
     def foreign_cores(self) -> float:
-        t, busy, own = self._read()
-        wall = max(t - self.t, 1e-9)
-        return max(0.0, (busy - self.busy) - (own - self.own)) / wall
+        return self.read()["foreign_cores"]
 
 
 def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 3.0) -> float:
@@ -214,6 +229,7 @@ def run(args: argparse.Namespace) -> dict:
         figures[f"pp{n}"] = (n, lambda s, n=n: s.pp(n))
     samples = {f: {name: [] for name in systems} for f in figures}
     foreign = {f: {name: [] for name in systems} for f in figures}
+    cpu = {f: {name: [] for name in systems} for f in figures}
 
     print("warm-up...", file=sys.stderr)
     for name, sysm in systems.items():
@@ -227,10 +243,12 @@ def run(args: argparse.Namespace) -> dict:
                 time.sleep(GAP_S)
                 meter = CpuMeter()
                 samples[fig][name].append(fn(sysm))
-                foreign[fig][name].append(meter.foreign_cores())
+                cpu[fig][name].append(meter.read())
+                foreign[fig][name].append(cpu[fig][name][-1]["foreign_cores"])
         print(f"  rep {rep + 1}/{reps} done", file=sys.stderr)
     report["samples_s"] = samples
     report["samples_foreign_cores"] = foreign
+    report["samples_cpu"] = cpu
 
     print(f"batched forward at {rows_list} rows...", file=sys.stderr)
     fwd = {m: [] for m in rows_list}
@@ -364,8 +382,9 @@ def table(report: dict) -> str:
     noisy = [fig for fig, row in d["figures"].items()
              if max(r["median_foreign_cores"] for r in row.values()) > NOISY_CORES]
     if noisy:
-        lines.append(f"\nWARNING: other processes used > {NOISY_CORES} cores during {', '.join(noisy)}: "
-                     "those figures are contaminated (llama.cpp's spinning threads suffer most).")
+        lines.append(f"\nNote: other processes used > {NOISY_CORES} cores during {', '.join(noisy)}: either "
+                     "they took time from the system measured, or it left a core idle for them "
+                     "(samples_cpu in the JSON has its own CPU use and preemptions).")
     lines.append("")
     lines.append("Ceilings: tg = best DRAM read bandwidth (in brackets: the median) / weight bytes read per token ("
                  + ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in d["bytes_per_token"].items())
