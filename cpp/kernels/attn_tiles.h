@@ -4,7 +4,7 @@
 //
 // Traits T provide: F (float vector); kLanes; load(p); load_part(p, n) (first n < kLanes floats,
 // zeros after); store(p, v); store_part(p, v, n); set1(x); zero(); fma(a, b, c) = a * b + c;
-// sum(v) (horizontal add).
+// sum(v) (horizontal add); sum4(a, b, c, d, out) (four horizontal adds at once, sharing shuffles).
 
 // One key row against GB query heads: the key is loaded once for all heads sharing it.
 template <class T, int GB>
@@ -22,7 +22,13 @@ inline void attn_scores_heads(const float* Q, int ldq, int d, const float* k, fl
         WFRT_UNROLL for (int g = 0; g < GB; ++g)
             acc[g] = T::fma(T::load_part(Q + (size_t)g * ldq + e, d - e), kv, acc[g]);
     }
-    WFRT_UNROLL for (int g = 0; g < GB; ++g) s[(size_t)g * lds] = T::sum(acc[g]) * scale;
+    if constexpr (GB == 4) {
+        float sums[4];
+        T::sum4(acc[0], acc[1], acc[2], acc[3], sums);
+        WFRT_UNROLL for (int g = 0; g < 4; ++g) s[(size_t)g * lds] = sums[g] * scale;
+    } else {
+        WFRT_UNROLL for (int g = 0; g < GB; ++g) s[(size_t)g * lds] = T::sum(acc[g]) * scale;
+    }
 }
 
 template <class T>

@@ -175,6 +175,11 @@ struct Fymm {
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
     }
+    static void sum4(F a, F b, F c, F d, float out[4]) {
+        // Pairwise adds within 128-bit halves leave a, b, c, d in order in each half.
+        const F h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
 };
 
 void attn_scores_avx2(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,

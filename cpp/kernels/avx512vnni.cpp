@@ -157,6 +157,16 @@ struct Fzmm {
     static F zero() { return _mm512_setzero_ps(); }
     static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
     static float sum(F v) { return _mm512_reduce_add_ps(v); }
+    static void sum4(F a, F b, F c, F d, float out[4]) {
+        // 256-bit halves added: a's and b's eight partials side by side, then c's and d's.
+        const F ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+        const F cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+        // 128-bit quarters added: one 4-float lane per input, in order a, b, c, d.
+        F q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+        q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));
+        q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
+        _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, q)));
+    }
 };
 
 void attn_scores_avx512(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
