@@ -3,7 +3,7 @@
 // (never shipped), so ISA-specific code is gated per function by target attributes and cpuid.
 //
 // usage: hw <buffer MiB> <bandwidth passes> <peak seconds> <thread counts...>
-// prints one JSON object on stdout.
+// prints one JSON object on stdout; peak seconds 0 skips the int8 peaks.
 #include <immintrin.h>
 #include <cpuid.h>
 
@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
     };
     bool first = true;
     for (const auto& k : kernels) {
-        if (!k.supported) continue;
+        if (!k.supported || peak_s <= 0) continue;
         std::printf("%s%s", first ? "" : ", ", peak_json(k, peak_s, thread_counts).c_str());
         first = false;
     }

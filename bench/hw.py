@@ -55,6 +55,11 @@ def merge(*raws: dict) -> dict:
     return out
 
 
+def bandwidth(threads: int, buffer_mib: int = 1024, passes: int = 3) -> list[float]:
+    """DRAM read bytes/s per pass, bandwidth only (a few tenths of a second)."""
+    return measure((threads,), buffer_mib, passes, 0)["bandwidth_bytes_per_s"][str(threads)]
+
+
 def summarize(raw: dict) -> dict:
     """Best-of for ceilings: a ceiling is what the machine can do, so noise only lowers it."""
     bw = {t: max(v) for t, v in raw["bandwidth_bytes_per_s"].items()}
