@@ -27,7 +27,8 @@ try:
 except ImportError as e:  # an optional bench extra
     raise SystemExit("bench.gguf_writer needs the `gguf` package (pip install gguf)") from e
 
-__all__ = ["QTYPES", "llama3_vocab", "gguf_tensor_name", "write_gguf", "verify_gguf", "cached_gguf"]
+__all__ = ["QTYPES", "llama3_vocab", "gguf_tensor_name", "tensor_plan", "tensor_nbytes", "write_gguf",
+           "verify_gguf", "cached_gguf"]
 
 QTYPES = {"TQ2_0": gguf.GGMLQuantizationType.TQ2_0, "TQ1_0": gguf.GGMLQuantizationType.TQ1_0}
 CACHE = Path(__file__).resolve().parent.parent / ".models" / "bench"
@@ -75,10 +76,10 @@ def llama3_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def _tensor_plan(shape: synth.Shape, qtype: gguf.GGMLQuantizationType):
+def tensor_plan(shape: synth.Shape, qtype: gguf.GGMLQuantizationType):
     """(canonical name, gguf name, element shape, ggml type) for every tensor, in file order."""
     for name in synth.tensor_names(shape):
-        dims = synth._dims(shape, name)
+        dims = synth.tensor_dims(shape, name)
         if name == "embed_tokens":
             yield name, gguf_tensor_name(name), dims, gguf.GGMLQuantizationType.Q8_0
         elif isinstance(dims, int):
@@ -90,7 +91,7 @@ def _tensor_plan(shape: synth.Shape, qtype: gguf.GGMLQuantizationType):
             yield name, gguf_tensor_name(name), dims, qtype
 
 
-def _nbytes(dims: tuple[int, ...], ggml_type: gguf.GGMLQuantizationType) -> int:
+def tensor_nbytes(dims: tuple[int, ...], ggml_type: gguf.GGMLQuantizationType) -> int:
     block, size = gguf.GGML_QUANT_SIZES[ggml_type]
     return int(np.prod(dims[:-1], dtype=np.int64)) * (dims[-1] // block) * size
 
@@ -136,17 +137,17 @@ def write_gguf(path: Path, shape: synth.Shape, qtype: str, seed: int = 0,
     w.add_eos_token_id(_LLAMA3_EOS)
     w.add_add_bos_token(True)
 
-    plan = list(_tensor_plan(shape, qt))
+    plan = list(tensor_plan(shape, qt))
     for _, gname, dims, ggml_type in plan:
-        w.add_tensor_info(gname, dims, np.dtype(np.float32), _nbytes(dims, ggml_type), raw_dtype=ggml_type)
+        w.add_tensor_info(gname, dims, np.dtype(np.float32), tensor_nbytes(dims, ggml_type), raw_dtype=ggml_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     t0 = time.perf_counter()
     for i, (name, gname, dims, ggml_type) in enumerate(plan):
         data = _encode(synth.make_tensor(shape, name, seed), ggml_type)
-        if data.nbytes != _nbytes(dims, ggml_type):
-            raise AssertionError(f"{gname}: encoded {data.nbytes} bytes, planned {_nbytes(dims, ggml_type)}")
+        if data.nbytes != tensor_nbytes(dims, ggml_type):
+            raise AssertionError(f"{gname}: encoded {data.nbytes} bytes, planned {tensor_nbytes(dims, ggml_type)}")
         w.write_tensor_data(data)
         if progress and (i + 1 == len(plan) or name.endswith("down_proj")):
             print(f"\r{path.name}: {i + 1}/{len(plan)} tensors, {time.perf_counter() - t0:5.1f} s",

@@ -73,8 +73,8 @@ def bytes_per_token_ours(shape: synth.Shape) -> int:
 def bytes_per_token_gguf(shape: synth.Shape, qtype: str) -> int:
     """Same for the GGUF: every tensor but token_embd's lookup is read once; token_embd is read
     whole as the output layer."""
-    plan = gguf_writer._tensor_plan(shape, gguf_writer.QTYPES[qtype])
-    return sum(gguf_writer._nbytes(dims, t) for _, _, dims, t in plan)
+    plan = gguf_writer.tensor_plan(shape, gguf_writer.QTYPES[qtype])
+    return sum(gguf_writer.tensor_nbytes(dims, t) for _, _, dims, t in plan)
 
 
 def ternary_bytes_ours(shape: synth.Shape) -> int:

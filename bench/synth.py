@@ -20,7 +20,7 @@ from wrinklefree_rt.config import ModelConfig, parse_config
 from wrinklefree_rt.formats.ternary import TernaryWeight
 
 __all__ = ["Shape", "SHAPES", "PROJECTIONS", "hf_config", "model_config", "tensor_names",
-           "make_tensor", "iter_tensors", "tensors", "ternary_macs_per_token"]
+           "tensor_dims", "make_tensor", "iter_tensors", "tensors", "ternary_macs_per_token"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def tensor_names(shape: Shape) -> list[str]:
     return names
 
 
-def _dims(shape: Shape, name: str) -> tuple[int, int] | int:
+def tensor_dims(shape: Shape, name: str) -> tuple[int, int] | int:
+    """(out, in) of a matrix, or the length of a vector, for a canonical name."""
     if name == "embed_tokens":
         return shape.vocab, shape.hidden
     suffix = name.rsplit(".", 1)[-1]
@@ -118,7 +119,7 @@ def make_tensor(shape: Shape, name: str, seed: int = 0) -> np.ndarray | TernaryW
     """One canonical tensor: float32 embedding/norms, or ``TernaryWeight`` int8 codes + scale."""
     index = tensor_names(shape).index(name)
     rng = np.random.default_rng([seed, index])
-    dims = _dims(shape, name)
+    dims = tensor_dims(shape, name)
     if name == "embed_tokens":
         emb = rng.standard_normal(dims, dtype=np.float32)
         emb *= np.float32(_EMBED_STD)
