@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wrinklefree_rt.formats.gguf import gguf_name
+
 from . import synth
 
 try:
@@ -35,23 +37,12 @@ CACHE = Path(__file__).resolve().parent.parent / ".models" / "bench"
 # Bumped whenever the bytes this module writes change, so cached files are rebuilt.
 _WRITER_VERSION = 1
 
-_LAYER_NAMES = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "attn_sub_norm": "attn_sub_norm", "ffn_sub_norm": "ffn_sub_norm",
-    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
-}
 _LLAMA3_BOS, _LLAMA3_EOS = 128000, 128009
 
 
 def gguf_tensor_name(name: str) -> str:
-    """Canonical name (docs/architecture.md) -> llama.cpp's GGUF tensor name."""
-    if name == "embed_tokens":
-        return "token_embd.weight"
-    if name == "norm":
-        return "output_norm.weight"
-    _, layer, suffix = name.split(".")
-    return f"blk.{layer}.{_LAYER_NAMES[suffix]}.weight"
+    """Canonical name (docs/architecture.md) -> llama.cpp's GGUF tensor name: the reader's mapping."""
+    return gguf_name(name) + ".weight"
 
 
 def llama3_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
