@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "kv_cache.h"
 #include "model.h"
@@ -354,5 +357,11 @@ int BitNetBatchEngine::page_size() const { return impl_->kv.page_size(); }
 int BitNetBatchEngine::slots_free() const { return impl_->slots_free.load(std::memory_order_relaxed); }
 int BitNetBatchEngine::num_threads() const { return impl_->pool.size(); }
 const char* BitNetBatchEngine::isa() const { return impl_->kern->name; }
+
+void release_free_heap() {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
 
 }  // namespace wfrt

@@ -103,4 +103,9 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// Hands the heap's free pages back to the OS. A load frees gigabytes of staging arrays (int8
+// codes before packing, source dtypes before conversion) in chunks glibc keeps for reuse, so
+// without this a loaded 2B model looks twice its size. No-op where the C library cannot do it.
+void release_free_heap();
+
 }  // namespace wfrt

@@ -73,6 +73,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int num_threads()
         const char* isa()
 
+    void release_free_heap_cpp "wfrt::release_free_heap"()
 
 
 cdef extern from "model.h" namespace "wfrt" nogil:

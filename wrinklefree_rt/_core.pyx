@@ -127,6 +127,11 @@ def quantize_lm_head_i8(w):
     return q, scales
 
 
+def release_free_heap():
+    """Return the heap's free pages to the OS; call it once the tensors a load staged are dropped."""
+    release_free_heap_cpp()
+
+
 cdef class BitNetBatchEngine:
     """One copy of a BitNet b1.58 model serving many sequences, one batched forward per step.
 

@@ -96,7 +96,7 @@ class Engine:
     def from_pretrained(cls, path: str | Path, **config: Any) -> "Engine":
         """Load a model (HF safetensors directory, ``wrinklefree-rt convert`` output, GGUF file)
         and the ``tokenizer.json`` in its folder when present."""
-        from ._core import BitNetBatchEngine
+        from ._core import BitNetBatchEngine, release_free_heap
         from .formats import load_model_dir
 
         cfg = validate(config, EngineConfig, "engine config")
@@ -105,6 +105,8 @@ class Engine:
         core = BitNetBatchEngine(model_config, tensors, num_threads=cfg.num_threads,
                                  max_slots=cfg.max_num_seqs, kv_pages=pages,
                                  page_size=cfg.page_size, lm_head=cfg.lm_head, isa=cfg.isa)
+        del tensors  # the core holds what it still uses; the staging copies can go
+        release_free_heap()
         folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a GGUF / .wfrt file's folder
         tokenizer = (Tokenizer.from_dir(folder, cfg.chat_template)
                      if (folder / "tokenizer.json").is_file() else None)
