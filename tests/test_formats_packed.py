@@ -1,11 +1,10 @@
 """The runtime's own packed format (``.wfrt``) and ``wrinklefree-rt convert``: round trip,
-zero-copy loading, load time, and every way a file can be corrupt."""
+zero-copy loading, and every way a file can be corrupt (load time is measured in bench/)."""
 from __future__ import annotations
 
 import io
 import json
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -54,12 +53,17 @@ def test_round_trip_tensors(hf_dir, packed):
     np.testing.assert_array_equal(t["lm_head_i8.scales"], s)
 
 
-def test_load_is_zero_copy(packed):
-    _, t = load_packed(packed)
-    for name in ("embed_tokens", "lm_head_i8", "layers.0.q_proj"):
+def _assert_mapped(t, names):
+    """Each tensor is a read-only view into the file's memory map: nothing was read or copied."""
+    for name in names:
         arr = t[name].data if isinstance(t[name], TernaryWeight) else t[name]
         assert not arr.flags.owndata and not arr.flags.writeable, name
         assert isinstance(arr.base, np.memmap) or isinstance(arr.base.base, np.memmap), name
+
+
+def test_load_is_zero_copy(packed):
+    _, t = load_packed(packed)
+    _assert_mapped(t, ("embed_tokens", "lm_head_i8", "layers.0.q_proj"))
 
 
 def test_head_i8_rule_edge_cases():
@@ -109,20 +113,17 @@ def test_convert_cli_errors(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def test_load_time_of_real_layer_shapes(tmp_path):
-    """2B-4T layer shapes (4 of the 30 layers, small vocab) open in milliseconds: nothing is
-    read or copied at load but the header."""
+def test_real_layer_shapes_load_zero_copy(tmp_path):
+    """2B-4T layer shapes (4 of the 30 layers, small vocab; K = 6912 pads to the kernels' block):
+    every tensor comes back mapped in place, so opening a 2B file reads only its header."""
     cfg = parse_config(dict(model_type="bitnet", vocab_size=4096, hidden_size=2560, intermediate_size=6912,
                             num_hidden_layers=4, num_attention_heads=20, num_key_value_heads=5,
                             tie_word_embeddings=True))
     path = tmp_path / "big.wfrt"
     write_packed(path, cfg, synthetic_tensors(cfg))
-    load_packed(path)
-    start = time.perf_counter()
     _, t = load_packed(path)
-    elapsed = time.perf_counter() - start
     assert len(t) == len(canonical_names(cfg)) + 2
-    assert elapsed < 0.1, f"load took {elapsed:.3f}s"
+    _assert_mapped(t, list(t))
 
 
 def synthetic_tensors(cfg):
