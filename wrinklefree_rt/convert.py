@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import ModelFormatError
-from .formats import open_model
+from .formats import open_model, single_file_format
 from .formats.canonical import canonical_names
-from .formats.gguf import gguf_tokenizer_files, is_gguf_file
+from .formats.gguf import gguf_tokenizer_files
 from .formats.packed import PACKED_FILE, write_packed
 
 __all__ = ["main", "convert"]
@@ -79,7 +79,7 @@ def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = N
     write_packed(out, cfg, tensors, source=str(src), progress=bar)
     if bar:
         bar.finish()
-    if out.parent == dst and src.is_file() and is_gguf_file(src):
+    if out.parent == dst and single_file_format(src) == "gguf":
         _write_gguf_tokenizer(src, dst, progress_stream)
     return out
 

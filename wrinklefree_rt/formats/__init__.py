@@ -9,15 +9,32 @@ from pathlib import Path
 from ..config import ModelConfig, load_config
 from ..errors import ModelFormatError
 from .canonical import Tensor
-from .gguf import is_gguf_file, load_gguf
+from .gguf import GGUF_MAGIC, load_gguf
 from .hf import iter_canonical, tensors_from_state_dict
-from .packed import PACKED_FILE, is_packed_file, load_packed
+from .packed import MAGIC as PACKED_MAGIC
+from .packed import PACKED_FILE, load_packed
 from .safetensors import open_safetensors_dir
-from .sglbin import is_sglbin_file, load_sglbin
+from .sglbin import MAGIC as SGLBIN_MAGIC
+from .sglbin import load_sglbin
 from .ternary import TernaryWeight, absmean_quantize
 
-__all__ = ["load_model_dir", "open_model", "TernaryWeight", "Tensor", "absmean_quantize",
-           "tensors_from_state_dict"]
+__all__ = ["load_model_dir", "open_model", "single_file_format", "TernaryWeight", "Tensor",
+           "absmean_quantize", "tensors_from_state_dict"]
+
+# Single-file checkpoints, told apart by their first bytes.
+_SINGLE_FILE_FORMATS = {"wfrt": (PACKED_MAGIC, load_packed), "gguf": (GGUF_MAGIC, load_gguf),
+                        "sglbin": (SGLBIN_MAGIC, load_sglbin)}
+
+
+def single_file_format(path: str | os.PathLike) -> str | None:
+    """``"wfrt"``, ``"gguf"`` or ``"sglbin"`` for a file of that format, else None."""
+    longest = max(len(magic) for magic, _ in _SINGLE_FILE_FORMATS.values())
+    try:
+        with open(path, "rb") as f:
+            head = f.read(longest)
+    except OSError:
+        return None
+    return next((name for name, (magic, _) in _SINGLE_FILE_FORMATS.items() if head.startswith(magic)), None)
 
 
 def _model_file(p: Path) -> Path | None:
@@ -45,14 +62,10 @@ def open_model(path: str | os.PathLike) -> tuple[ModelConfig, Iterable[tuple[str
             return cfg, iter_canonical(checkpoint, cfg, checkpoint.source)
         p = single
     if p.is_file():
-        if is_packed_file(p):
-            cfg, tensors = load_packed(p)
-        elif is_gguf_file(p):
-            cfg, tensors = load_gguf(p)
-        elif is_sglbin_file(p):
-            cfg, tensors = load_sglbin(p)
-        else:
+        fmt = single_file_format(p)
+        if fmt is None:
             raise ModelFormatError(str(p), None, "not a model directory, nor a .wfrt, GGUF or SGLBITNT file")
+        cfg, tensors = _SINGLE_FILE_FORMATS[fmt][1](p)
         return cfg, tensors.items()
     raise ModelFormatError(str(p), None, "no such file or directory")
 

@@ -23,7 +23,7 @@ from .gguf_file import GGUFFile, GGUFTensorInfo
 from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
-__all__ = ["load_gguf", "is_gguf_file", "gguf_tokenizer_files", "GGUF_ARCHES"]
+__all__ = ["load_gguf", "GGUF_MAGIC", "gguf_tokenizer_files", "GGUF_ARCHES"]
 
 GGUF_MAGIC = b"GGUF"
 GGUF_ARCHES = ("bitnet", "bitnet-b1.58", "bitnet-25")
@@ -48,14 +48,6 @@ def gguf_name(canonical: str) -> str:
         return "output"
     _, layer, part = canonical.split(".", 2)
     return f"blk.{layer}.{_LAYER_NAMES[part]}"
-
-
-def is_gguf_file(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
 
 
 # ggml type id -> numpy dtype for the float types read without the gguf package

@@ -35,7 +35,7 @@ from ..errors import ModelFormatError
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .ternary import TernaryWeight
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "PACKED_FILE", "write_packed", "load_packed", "is_packed_file"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "PACKED_FILE", "write_packed", "load_packed"]
 
 MAGIC = b"WFRTPACK"
 FORMAT_VERSION = 1
@@ -175,14 +175,6 @@ def write_packed(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tu
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def is_packed_file(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 
 def load_packed(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:

@@ -29,20 +29,12 @@ from .hf import TensorSource, hf_name
 from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
-__all__ = ["MAGIC", "load_sglbin", "is_sglbin_file", "unpack_sgl_rows"]
+__all__ = ["MAGIC", "load_sglbin", "unpack_sgl_rows"]
 
 MAGIC = b"SGLBITNT"
 _BLOCK = 128
 _DTYPES = {0: np.dtype("u1"), 1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<u2")}
 _MAX_NDIM = 8
-
-
-def is_sglbin_file(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 
 def unpack_sgl_rows(packed: np.ndarray) -> np.ndarray:
