@@ -9,9 +9,6 @@ from tiny_models import make_hf_model, save_gguf, save_hf_model, save_sglbin
 from wrinklefree_rt.errors import ModelFormatError
 from wrinklefree_rt.formats import load_model_dir
 
-pytest.importorskip("wrinklefree_rt._core", reason="the C++ extension is not built")
-pytest.importorskip("gguf", reason="the optional gguf extra is not installed")
-
 MUTATIONS = 80
 
 

@@ -10,7 +10,6 @@ from wrinklefree_rt.errors import ModelFormatError
 from wrinklefree_rt.formats import TernaryWeight, load_model_dir
 from wrinklefree_rt.formats.gguf import load_gguf
 
-pytest.importorskip("gguf", reason="the optional gguf extra is not installed")
 
 # TQ1_0/TQ2_0 blocks hold 256 inputs: every linear's in-dim must be a multiple of 256.
 SHAPE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
@@ -64,7 +63,6 @@ def test_per_tensor_scale_multiplies(model, hf, tmp_path):
 
 
 def test_engine_logits_equal_hf_dir(model, tmp_path):
-    _core = pytest.importorskip("wrinklefree_rt._core", reason="the C++ extension is not built")
     from test_reference_logits import engine_logits
     save_hf_model(model, tmp_path / "hf")
     save_gguf(model, tmp_path / "m.gguf")

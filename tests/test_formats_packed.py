@@ -18,7 +18,7 @@ from wrinklefree_rt.formats import TernaryWeight, load_model_dir
 from wrinklefree_rt.formats.canonical import LINEAR_NAMES, canonical_names
 from wrinklefree_rt.formats.packed import load_packed, write_packed
 
-_core = pytest.importorskip("wrinklefree_rt._core", reason="the C++ extension is not built")
+from wrinklefree_rt import _core
 
 PREFIX = struct.Struct("<8sIIQ")
 

@@ -53,7 +53,6 @@ def test_both_writers_load_the_hf_tensors(model, hf, tmp_path, stored, float_dty
 
 
 def test_engine_logits_equal_hf_dir(model, tmp_path):
-    pytest.importorskip("wrinklefree_rt._core", reason="the C++ extension is not built")
     from test_reference_logits import engine_logits
     save_hf_model(model, tmp_path / "hf")
     path = save_sglbin(model, tmp_path / "m.bin")

@@ -9,8 +9,10 @@ with ``online_quant=True`` directly, which is exactly what the quantizer install
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import BitNetConfig, BitNetForCausalLM
@@ -149,7 +151,6 @@ def save_gguf(model: BitNetForCausalLM, path: str | Path, ternary_type: str = "F
     tensors named in ``skip`` are left out; ``override`` maps GGUF tensor names to float32 arrays
     stored as they are (replacing or adding tensors: hostile-file tests)."""
     import gguf
-    import numpy as np
 
     cfg = model.config
     meta = {
@@ -220,11 +221,9 @@ def save_gguf(model: BitNetForCausalLM, path: str | Path, ternary_type: str = "F
     return Path(path)
 
 
-def pack_sgl_rows(codes) -> "np.ndarray":
+def pack_sgl_rows(codes) -> np.ndarray:
     """int8 codes (out, in) -> WrinkleFree's sgl-kernel layout (out, in/4): in blocks of 128
     inputs, byte j holds inputs j, j+32, j+64, j+96 in bits 6-7, 4-5, 2-3, 0-1 as q + 1."""
-    import numpy as np
-
     u = (np.asarray(codes, np.int16) + 1).astype(np.uint8)
     rows, k = u.shape
     blocks = u.reshape(rows, k // 128, 4, 32)
@@ -238,10 +237,6 @@ def save_sglbin(model: BitNetForCausalLM, path: str | Path, *, unflagged_scale_s
     ``pack_sgl_rows`` with the absmean scale (flag 1), everything else ``float_dtype`` (flag 0).
     ``unflagged_scale_stored`` picks the writer that stores an f32 scale even when the flag is 0.
     ``mutate(records)`` may edit the list of ``[name, dtype, dims, flag, scale, size, data]``."""
-    import struct
-
-    import numpy as np
-
     from wrinklefree_rt.formats.ternary import absmean_quantize
 
     codes_of = {"float32": 1, "float16": 2, "bfloat16": 3}

@@ -24,7 +24,6 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Literal
 
 import msgspec
