@@ -370,7 +370,7 @@ def table(report: dict) -> str:
                  + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " G MAC/s")
     lines.append("")
     names = list(next(iter(d["figures"].values())).keys())
-    head = f"| figure | " + " | ".join(f"{n} tok/s" for n in names)
+    head = "| figure | " + " | ".join(f"{n} tok/s" for n in names)
     has_base = BASELINE in names
     if has_base:
         head += " | " + " | ".join(f"{n} / TQ2_0" for n in names if n != BASELINE)

@@ -87,7 +87,7 @@ struct BitNetBatchEngine::Impl {
     std::atomic<int> pages_free{0}, slots_free{0};
 
     // Step workspace (grow-only).
-    std::vector<float> x, a_norm, q, k, v, o, gate, up, scores, xo, logits, qa;
+    std::vector<float> x, a_norm, q, k, v, o, gate, up, scores, xo, logits, qa, rope_cs;
     std::vector<int8_t> xq;
     std::vector<int32_t> y32, xsum;
     std::vector<int> step_hw, row_limit, row_blocks;
@@ -226,8 +226,12 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
     int32_t* XS = grow(xsum, M);
     int32_t* Y32 = grow(y32, static_cast<size_t>(M) * std::max({QD + 2 * KD, H, 2 * I}));
 
-    for (int i = 0; i < M; ++i)
+    float* RC = grow(rope_cs, static_cast<size_t>(M) * c.head_dim);
+
+    for (int i = 0; i < M; ++i) {
         std::memcpy(X + static_cast<size_t>(i) * H, model.embed + static_cast<size_t>(in.token[i]) * H, H * sizeof(float));
+        rope_angles(model.inv_freq.data(), c.head_dim / 2, in.position[i], RC + static_cast<size_t>(i) * c.head_dim);
+    }
 
     for (int l = 0; l < c.num_layers; ++l) {
         if (cancelled.load(std::memory_order_relaxed)) throw StepCancelled("step cancelled before layer " + std::to_string(l));
@@ -240,9 +244,10 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
             bitlinear(comp, mats, outs, 3, XQ, QA, XS, M, Y32);
         }
         pool.parallel_for(M, [&](int i, int) {
-            rope_row(Qb + static_cast<size_t>(i) * QD, c.num_heads, c.head_dim, model.inv_freq.data(), in.position[i]);
+            const float* cs = RC + static_cast<size_t>(i) * c.head_dim;
+            rope_row(Qb + static_cast<size_t>(i) * QD, c.num_heads, c.head_dim, cs);
             float* kr = Kb + static_cast<size_t>(i) * KD;
-            rope_row(kr, c.num_kv_heads, c.head_dim, model.inv_freq.data(), in.position[i]);
+            rope_row(kr, c.num_kv_heads, c.head_dim, cs);
             std::memcpy(kv.k_row(l, in.slot[i], in.position[i]), kr, KD * sizeof(float));
             std::memcpy(kv.v_row(l, in.slot[i], in.position[i]), Vb + static_cast<size_t>(i) * KD, KD * sizeof(float));
         });

@@ -300,13 +300,19 @@ void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const*
     });
 }
 
-void rope_row(float* v, int n_heads, int head_dim, const float* inv_freq, int pos) {
-    const int half = head_dim / 2;
+void rope_angles(const float* inv_freq, int half, int pos, float* cos_sin) {
     for (int i = 0; i < half; ++i) {
         // transformers forms freq = inv_freq * pos in fp32, then cos/sin of that fp32 value.
         const float f = inv_freq[i] * static_cast<float>(pos);
-        const float cs = static_cast<float>(std::cos(static_cast<double>(f)));
-        const float sn = static_cast<float>(std::sin(static_cast<double>(f)));
+        cos_sin[i] = static_cast<float>(std::cos(static_cast<double>(f)));
+        cos_sin[half + i] = static_cast<float>(std::sin(static_cast<double>(f)));
+    }
+}
+
+void rope_row(float* v, int n_heads, int head_dim, const float* cos_sin) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; ++i) {
+        const float cs = cos_sin[i], sn = cos_sin[half + i];
         for (int h = 0; h < n_heads; ++h) {
             float* x = v + static_cast<size_t>(h) * head_dim;
             const float x1 = x[i], x2 = x[i + half];

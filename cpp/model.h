@@ -87,8 +87,11 @@ constexpr int kMaxBitlinearMats = 4;
 void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const* outs, int n_mats,
                const int8_t* xq, const float* a, const int32_t* xsum, int M, int32_t* y32, bool accumulate = false);
 
-// NeoX (rotate-half) RoPE in place on `n_heads` heads of one row at position `pos`.
-void rope_row(float* v, int n_heads, int head_dim, const float* inv_freq, int pos);
+// RoPE angles of one position: cos_sin[i] = cos(inv_freq[i] * pos), cos_sin[half + i] = its sin.
+// A step computes them once per row and every layer's Q and K rotation reuses them.
+void rope_angles(const float* inv_freq, int half, int pos, float* cos_sin);
+// NeoX (rotate-half) RoPE in place on `n_heads` heads of one row, by that row's rope_angles.
+void rope_row(float* v, int n_heads, int head_dim, const float* cos_sin);
 
 // Logits for M rows of final hidden states x (M x H): out (M x V). For the int8 head, xq/a/y32
 // are scratch of M x ternary_padded_k(H) int8, M floats and M x V int32.
