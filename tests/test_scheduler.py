@@ -314,15 +314,15 @@ async def _collect(engine, requests, results):
 async def test_failing_request_fails_alone(engine, model, monkeypatch):
     good = [(prompt(5, seed=s), SamplingParams(max_tokens=10, ignore_eos=True), d)
             for s, d in enumerate([None, dlm(4, 2, 0.5)])]
-    make = engine._make_sequence
+    make = engine._intake.make_sequence
 
-    def poisoned(text, ids, sp, dp, rid):
-        seq = make(text, ids, sp, dp, rid)
-        if rid == "bad":  # corrupt its state the way a bug would: a token outside the vocabulary
+    def poisoned(request, ids):
+        seq = make(request, ids)
+        if request.request_id == "bad":  # corrupt its state the way a bug would: a token outside the vocabulary
             seq.tokens[0] = 10_000
         return seq
 
-    monkeypatch.setattr(engine, "_make_sequence", poisoned)
+    monkeypatch.setattr(engine._intake, "make_sequence", poisoned)
     results = {}
 
     async def bad():

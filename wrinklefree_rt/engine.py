@@ -7,59 +7,29 @@ plain thread, starting a private event loop thread when the engine is not alread
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence as Seq, Union
+from typing import Any, Sequence as Seq
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-import msgspec
 
-from .errors import StepCancelledError, WrinklefreeError
+from .errors import EngineClosedError, EngineNotRunningError, InvalidRequestError, StepCancelledError
+from .intake import Prompt, Request, RequestIntake
+from .outputs import EngineStats, RequestOutput
 from .params import DiffusionParams, EngineConfig, SamplingParams, validate
 from .scheduler import Scheduler
-from .sequence import DlmSpec, RequestOutput, Sequence
+from .sequence import Sequence
+from .stream import RequestStream
 from .tokenizer import Tokenizer
 
-__all__ = ["Engine", "EngineStats", "EngineClosedError", "EngineNotRunningError", "InvalidRequestError"]
-
-Prompt = Union[str, Seq[int], Seq[dict]]
-
-# Prompts longer than this (characters) are tokenized in a worker thread, off the event loop.
-_LONG_PROMPT_CHARS = 4096
-_DEFAULT_BLOCK = 32
-_DEFAULT_SUB_BLOCK = 8
-_DEFAULT_THRESHOLD = 0.9
-
-
-class EngineClosedError(WrinklefreeError, RuntimeError):
-    """The engine was closed (``aclose()``) while the request was queued or running."""
-
-
-class EngineNotRunningError(WrinklefreeError, RuntimeError):
-    """An async call on an engine that is not running in this event loop."""
-
-
-class InvalidRequestError(WrinklefreeError, ValueError):
-    """A request the engine cannot serve; the message names the field and the problem."""
-
-
-class EngineStats(msgspec.Struct, kw_only=True):
-    """Engine-wide state and counters since start."""
-
-    running: int
-    waiting: int
-    kv_pages_used: int
-    kv_pages_total: int
-    forwards: int
-    rows: int
-    rows_per_forward: float
-    output_tokens: int
-    step_time: float
-    schedule_time: float
+# The error classes are re-exported for code that imported them from here.
+__all__ = ["Engine", "EngineStats", "EngineClosedError", "EngineNotRunningError", "InvalidRequestError",
+           "RequestStream"]
 
 
 class Engine:
@@ -89,8 +59,7 @@ class Engine:
         self._portal_cm = None
         self._portal_ctx = None
         self._lock = threading.Lock()
-        self._eos_ids = frozenset(model_config.eos_token_ids) | frozenset(
-            tokenizer.eos_token_ids if tokenizer is not None else ())
+        self._intake = RequestIntake(model_config, tokenizer, self.config, core.pages_total * core.page_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **config: Any) -> "Engine":
@@ -197,21 +166,26 @@ class Engine:
         Stopping the iteration (``break``, cancelling the task, ``aclose()``) aborts the request
         and frees its slot and pages at the next step boundary.
         """
-        sp = validate(params, SamplingParams, "sampling params")
-        dp = None if diffusion is None or diffusion is False else \
-            validate(None if diffusion is True else diffusion, DiffusionParams, "diffusion params")
+        return self._stream(prompt, params, diffusion, request_id, final_only=False)
+
+    def _stream(self, prompt: Prompt, params: SamplingParams | dict | None,
+                diffusion: DiffusionParams | dict | bool | None, request_id: str | None, *,
+                final_only: bool) -> RequestStream:
+        """A checked request's stream (a bad request raises here, in the caller's thread)."""
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        return RequestStream(self, prompt, sp, dp, rid)
+        request = self._intake.check(prompt, params, diffusion, rid)
+        return RequestStream(rid, functools.partial(self._submit, request), self._wake_loop,
+                             final_only=final_only)
 
     async def generate(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
                        diffusion: DiffusionParams | dict | bool | None = None,
                        request_id: str | None = None) -> RequestOutput:
         """Run a request to completion; returns its final ``RequestOutput``."""
         last = None
-        async with self.generate_async(prompt, params, diffusion=diffusion, request_id=request_id) as stream:
-            stream._final_only = True
+        async with self._stream(prompt, params, diffusion, request_id, final_only=True) as stream:
             async for last in stream:
                 pass
+        assert last is not None  # a stream ends with its final output or raises
         return last
 
     def generate_batch(self, prompts: Seq[Prompt], params: SamplingParams | dict | Seq | None = None, *,
@@ -225,7 +199,7 @@ class Engine:
         per_params = _per_prompt(params, len(prompts), "params")
         per_diffusion = _per_prompt(diffusion, len(prompts), "diffusion")
         # Validate here so that a bad request raises in the caller's thread, before any work.
-        streams = [self.generate_async(p, sp, diffusion=dp)
+        streams = [self._stream(p, sp, dp, None, final_only=True)
                    for p, sp, dp in zip(prompts, per_params, per_diffusion)]
         return self._call_sync(self._collect, streams)
 
@@ -238,7 +212,6 @@ class Engine:
         async def one(i: int) -> None:
             try:
                 async with streams[i] as stream:
-                    stream._final_only = True
                     async for results[i] in stream:
                         pass
             except Exception as e:
@@ -274,122 +247,23 @@ class Engine:
                            rows_per_forward=s.rows / s.forwards if s.forwards else 0.0,
                            output_tokens=s.tokens, step_time=s.step_time, schedule_time=s.schedule_time)
 
-    # ----- building a sequence --------------------------------------------------------------
-    async def _submit(self, prompt: Prompt, sp: SamplingParams, dp: DiffusionParams | None,
-                      rid: str, final_only: bool) -> Sequence:
+    # ----- handing a request to the loop ----------------------------------------------------
+    async def _submit(self, request: Request, final_only: bool) -> Sequence:
         if self._token is None or threading.get_ident() != self._loop_thread:
             raise EngineNotRunningError(
                 "the engine is not running in this event loop: use `async with engine:` "
                 "(or the sync generate_batch)")
         if self._closed:
             raise EngineClosedError("the engine is closing")
-        text, ids = await self._tokenize(prompt)
-        seq = self._make_sequence(text, ids, sp, dp, rid)
+        seq = self._intake.make_sequence(request, await self._intake.prompt_ids(request))
         seq.output.final_only = final_only
         self._scheduler.add(seq)
-        self._wake.set()
+        self._wake_loop()
         return seq
 
-    async def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            return prompt, await self._encode(self._need_tokenizer("a text prompt"), prompt, True)
-        items = list(prompt)
-        if items and all(isinstance(m, dict) for m in items):
-            tok = self._need_tokenizer("chat messages")
-            try:
-                text = tok.apply_chat_template(items)
-            except ValueError as e:
-                raise InvalidRequestError(f"prompt: {e}") from None
-            return text, await self._encode(tok, text, False)  # the template holds BOS already
-        for i, t in enumerate(items):
-            if isinstance(t, bool) or not isinstance(t, int) and not hasattr(t, "__index__"):
-                raise InvalidRequestError(f"prompt[{i}]: expected a token id (int), got {type(t).__name__}")
-        return None, [int(t) for t in items]
-
-    @staticmethod
-    async def _encode(tok: Tokenizer, text: str, add_special_tokens: bool) -> list[int]:
-        if len(text) > _LONG_PROMPT_CHARS:
-            return await anyio.to_thread.run_sync(tok.encode, text, add_special_tokens)
-        return tok.encode(text, add_special_tokens)
-
-    def _need_tokenizer(self, what: str) -> Tokenizer:
-        if self.tokenizer is None:
-            raise InvalidRequestError(f"{what} needs a tokenizer (tokenizer.json in the model "
-                                      "directory); pass token ids instead")
-        return self.tokenizer
-
-    def _make_sequence(self, text: str | None, ids: list[int], sp: SamplingParams,
-                       dp: DiffusionParams | None, rid: str) -> Sequence:
-        if not ids:
-            raise InvalidRequestError("prompt: empty (at least one token is needed)")
-        vocab = self.model_config.vocab_size
-        bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab), None)
-        if bad is not None:  # also catches a tokenizer larger than the model's vocabulary
-            raise InvalidRequestError(f"prompt[{bad}]: token id {ids[bad]} outside the vocabulary [0, {vocab})")
-        dlm = self._resolve_dlm(dp, sp) if dp is not None else None
-        mask = dlm.mask_token_id if dlm else self._mask_id(None)
-        if mask is not None and mask in ids:
-            raise InvalidRequestError(f"prompt[{ids.index(mask)}]: the mask token {mask} may not appear "
-                                      "in a prompt (positions to fill are chosen by the decoder)")
-        for i, t in enumerate(sp.stop_token_ids):
-            if t >= vocab:
-                raise InvalidRequestError(f"params.stop_token_ids[{i}]: {t} outside the vocabulary [0, {vocab})")
-        stop_ids = frozenset(sp.stop_token_ids) | (frozenset() if sp.ignore_eos else self._eos_ids)
-        seq = Sequence(rid, text, ids, sp, dlm, stop_ids, self.tokenizer, -1 if mask is None else mask)
-        max_pos = self.model_config.max_position_embeddings
-        if seq.kv_positions > max_pos:
-            raise InvalidRequestError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) needs {seq.kv_positions} "
-                f"positions; the model has {max_pos}")
-        room = self.core.pages_total * self.core.page_size
-        if seq.kv_positions > room:
-            raise InvalidRequestError(f"the request needs {seq.kv_positions} KV positions; the cache "
-                                      f"holds {room} (raise kv_cache_tokens)")
-        return seq
-
-    def _mask_id(self, dp: DiffusionParams | None) -> int | None:
-        for value in (dp.mask_token_id if dp else None, self.config.diffusion.mask_token_id,
-                      self.model_config.mask_token_id,
-                      self.tokenizer.mask_token_id if self.tokenizer else None):
-            if value is not None:
-                return value
-        return None
-
-    def _resolve_dlm(self, dp: DiffusionParams, sp: SamplingParams) -> DlmSpec:
-        """Request parameters first, then the engine's defaults, then the model config, then
-        the tokenizer (mask token)."""
-        eng, mc = self.config.diffusion, self.model_config
-        mask = self._mask_id(dp)
-        if mask is None:
-            raise InvalidRequestError(
-                "diffusion.mask_token_id: no mask token id is known (not in the request, the engine "
-                "config, the model config, nor the tokenizer); block diffusion needs one")
-        if not 0 <= mask < mc.vocab_size:
-            raise InvalidRequestError(f"diffusion.mask_token_id: {mask} outside the vocabulary "
-                                      f"[0, {mc.vocab_size})")
-        if sp.temperature > 0:
-            raise InvalidRequestError("params.temperature: block diffusion decodes greedily "
-                                      "(confidence-ordered argmax); use temperature 0")
-
-        def pick(name, model_value, default):
-            for value in (getattr(dp, name), getattr(eng, name), model_value):
-                if value is not None:
-                    return value
-            return default
-
-        block = pick("block_size", mc.bd_size, _DEFAULT_BLOCK)
-        sub_default = _DEFAULT_SUB_BLOCK if block % _DEFAULT_SUB_BLOCK == 0 else block
-        sub = dp.sub_block_size or (eng.sub_block_size if eng.sub_block_size and block % eng.sub_block_size == 0
-                                    else sub_default)
-        if block % sub:
-            raise InvalidRequestError(f"diffusion.sub_block_size: {sub} does not divide block_size {block}")
-        attention = pick("attention", "block" if mc.bd_size else None, "causal")
-        return DlmSpec(block_size=block, sub_block_size=sub,
-                       threshold=pick("threshold", None, _DEFAULT_THRESHOLD),
-                       mask_token_id=mask, shift=pick("shift", mc.shift, True),
-                       attn_block=block if attention == "block" else 1,
-                       provisional=dp.provisional or eng.provisional,
-                       fuse_commit=dp.fuse_commit or eng.fuse_commit)
+    def _wake_loop(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
 
 def _per_prompt(value, n: int, what: str) -> list:
@@ -398,64 +272,3 @@ def _per_prompt(value, n: int, what: str) -> list:
             raise InvalidRequestError(f"{what}: {len(value)} values for {n} prompts")
         return list(value)
     return [value] * n
-
-
-class RequestStream:
-    """Async iterator over one request's outputs; aborts the request when left early.
-
-    ``break`` out of ``async for``, a cancelled task, ``aclose()`` or garbage collection all
-    abort: aborting only sets a flag that the scheduler reads at the next step boundary, so
-    it is safe from any context.
-    """
-
-    def __init__(self, engine: Engine, prompt: Prompt, sp: SamplingParams,
-                 dp: DiffusionParams | None, request_id: str):
-        self._engine = engine
-        self._prompt = prompt
-        self._sp, self._dp = sp, dp
-        self.request_id = request_id
-        self._seq: Sequence | None = None
-        self._done = False
-        self._final_only = False  # yield only the final output (set before iterating)
-
-    def __aiter__(self) -> "RequestStream":
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            if self._seq is None:
-                self._seq = await self._engine._submit(self._prompt, self._sp, self._dp, self.request_id,
-                                                      self._final_only)
-            seq = self._seq
-            await seq.output.wait()
-        except BaseException:
-            self._abort()
-            raise
-        if seq.output.error is not None:
-            self._done = True
-            raise seq.output.error
-        out = seq.snapshot()
-        self._done = out.finished
-        return out
-
-    def _abort(self) -> None:
-        self._done = True
-        if self._seq is not None and not self._seq.finished:
-            self._seq.abort()
-            if self._engine._wake is not None:
-                self._engine._wake.set()
-
-    async def aclose(self) -> None:
-        self._abort()
-
-    async def __aenter__(self) -> "RequestStream":
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        self._abort()
-
-    def __del__(self) -> None:
-        if not self._done and self._seq is not None and not self._seq.finished:
-            self._seq.abort()

@@ -1,12 +1,31 @@
-"""Typed errors of wrinklefree_rt (see docs/architecture.md)."""
+"""Typed errors of wrinklefree_rt (see docs/architecture.md).
+
+What an ``Engine`` user can meet is exported from the package (``InvalidRequestError``,
+``EngineClosedError``, ...). ``KVCacheFullError``, ``NoFreeSlotError`` and
+``StepCancelledError`` are raised by the C++ core (``wrinklefree_rt._core``) to its direct
+callers only: the engine waits for room instead and ends requests with ``EngineClosedError``.
+"""
 from __future__ import annotations
 
-__all__ = ["WrinklefreeError", "ModelFormatError", "KVCacheFullError", "NoFreeSlotError",
-           "StepCancelledError"]
+__all__ = ["WrinklefreeError", "InvalidRequestError", "EngineClosedError", "EngineNotRunningError",
+           "ModelFormatError", "KVCacheFullError", "NoFreeSlotError", "StepCancelledError"]
 
 
 class WrinklefreeError(Exception):
     """Base of every error this package raises on purpose."""
+
+
+class InvalidRequestError(WrinklefreeError, ValueError):
+    """A request (or engine setting) the engine cannot serve; the message names the field
+    (``$.max_tokens``, ``prompt[3]``, ``diffusion.mask_token_id``) and the problem."""
+
+
+class EngineClosedError(WrinklefreeError, RuntimeError):
+    """The engine was closed (``aclose()``) while the request was queued or running."""
+
+
+class EngineNotRunningError(WrinklefreeError, RuntimeError):
+    """An async call on an engine that is not running in this event loop."""
 
 
 class ModelFormatError(WrinklefreeError, ValueError):
@@ -25,12 +44,12 @@ class ModelFormatError(WrinklefreeError, ValueError):
 
 
 class KVCacheFullError(WrinklefreeError):
-    """The KV page pool cannot hold the positions asked for; wait for pages to be freed."""
+    """Core only: the KV page pool cannot hold the positions asked for; wait for pages to be freed."""
 
 
 class NoFreeSlotError(WrinklefreeError):
-    """Every sequence slot is in use."""
+    """Core only: every KV slot (sequence slot of the core) is in use."""
 
 
 class StepCancelledError(WrinklefreeError):
-    """A step was cancelled between layers."""
+    """Core only: a step was cancelled between layers."""

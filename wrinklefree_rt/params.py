@@ -3,46 +3,60 @@
 Constructing a Struct does not check anything (msgspec only checks while decoding), so every
 public entry point passes its parameters through ``validate()``, which re-decodes them and
 reports the exact field path of a bad value (``Expected `int` >= 1 - at `$.max_tokens```).
+Unknown fields are refused (``forbid_unknown_fields``: a misspelt ``max_tokenz`` is an error,
+not a silently ignored default), and so is any float that is NaN or infinite.
 Field names follow vLLM's where one exists.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-__all__ = ["SamplingParams", "DiffusionParams", "EngineConfig", "validate"]
+from .errors import InvalidRequestError
+
+__all__ = ["SamplingParams", "DiffusionParams", "EngineConfig", "validate",
+           "MAX_STOP_STRINGS", "MAX_STOP_STRING_CHARS", "MAX_STOP_TOKEN_IDS"]
+
+# Bounds on stop conditions: each stop string is searched for after every released token.
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 1024
 
 _NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 _PosInt = Annotated[int, msgspec.Meta(ge=1)]
 _TokenId = Annotated[int, msgspec.Meta(ge=0)]
+_StopString = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
 
 
-class SamplingParams(msgspec.Struct, kw_only=True):
+class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How tokens are chosen and when a request stops.
 
     ``temperature`` 0 is greedy (argmax). ``seed`` makes a sampled request reproducible
     whatever else shares the batch. ``stop`` strings end the request and are not included in
     the text; a token in ``stop_token_ids`` (or EOS unless ``ignore_eos``) ends it and is kept
-    in ``token_ids`` but not in ``text``. ``max_tokens`` is exact.
+    in ``token_ids`` but not in ``text``. ``max_tokens`` is exact. At most
+    ``MAX_STOP_STRINGS`` stop strings of at most ``MAX_STOP_STRING_CHARS`` characters, and
+    ``MAX_STOP_TOKEN_IDS`` stop token ids.
     """
 
     max_tokens: _PosInt = 256
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.0
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
     top_k: _NonNegInt = 0
-    seed: int | None = None
-    stop: list[Annotated[str, msgspec.Meta(min_length=1)]] = []
-    stop_token_ids: list[_TokenId] = []
+    seed: _NonNegInt | None = None
+    stop: Annotated[list[_StopString], msgspec.Meta(max_length=MAX_STOP_STRINGS)] = []
+    stop_token_ids: Annotated[list[_TokenId], msgspec.Meta(max_length=MAX_STOP_TOKEN_IDS)] = []
     ignore_eos: bool = False
 
 
-class DiffusionParams(msgspec.Struct, kw_only=True):
+class DiffusionParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Block-diffusion (DLM) decoding, Fast-dLLM v2 style (docs/api.md).
 
     ``None`` fields are resolved from the engine's defaults, then the model config, then the
-    tokenizer (the mask token); unset everywhere: block 32, sub-block 8, threshold 0.9, shift
-    on. ``attention``: ``"causal"`` (WrinkleFree DLMs) or ``"block"``
+    tokenizer (the mask token), then the defaults of ``wrinklefree_rt.intake`` (where that
+    order is implemented and documented). ``attention``: ``"causal"`` (WrinkleFree DLMs) or ``"block"``
     (block-causal, Fast-dLLM v2); by default block-causal when the model config names a
     ``bd_size``. ``threshold`` above 1 unmasks exactly one token per step.
     ``provisional``: also stream, after every step, the open block's decoded positions up to
@@ -70,7 +84,7 @@ class DiffusionParams(msgspec.Struct, kw_only=True):
                              f"block_size {self.block_size}")
 
 
-class EngineConfig(msgspec.Struct, kw_only=True):
+class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Engine-wide settings (``Engine.from_pretrained(path, **fields)``).
 
     ``max_num_seqs``: concurrent sequences (KV slots); more requests wait. ``kv_cache_tokens``:
@@ -98,12 +112,29 @@ _T = TypeVar("_T", SamplingParams, DiffusionParams, EngineConfig)
 def validate(value: Any, kind: type[_T], what: str) -> _T:
     """``value`` (an instance, a dict or None for the defaults) as a checked ``kind``.
 
-    Raises ``ValueError`` naming ``what`` and the field path."""
+    Raises ``InvalidRequestError`` (a ``ValueError``) naming ``what`` and the field path."""
     if value is None:
         return kind()
     if isinstance(value, kind):
         value = msgspec.to_builtins(value)
     try:
-        return msgspec.convert(value, type=kind)
+        checked = msgspec.convert(value, type=kind)
     except msgspec.ValidationError as e:
-        raise ValueError(f"invalid {what}: {e}") from None
+        raise InvalidRequestError(f"invalid {what}: {e}") from None
+    bad = _non_finite_field(checked, "$")
+    if bad is not None:
+        raise InvalidRequestError(f"invalid {what}: Expected a finite `float` - at `{bad}`")
+    return checked
+
+
+def _non_finite_field(params: msgspec.Struct, path: str) -> str | None:
+    """The path of the first NaN / infinite float field of ``params`` (nested Structs too)."""
+    for name in params.__struct_fields__:
+        value = getattr(params, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path}.{name}"
+        if isinstance(value, msgspec.Struct):
+            inner = _non_finite_field(value, f"{path}.{name}")
+            if inner is not None:
+                return inner
+    return None
