@@ -144,7 +144,7 @@ class Engine:
                         t0 = time.perf_counter()
                         # Not abandoned on cancellation: the KV state is only touched again
                         # once the step has returned.
-                        out = await anyio.to_thread.run_sync(plan.run, self.core, StepCancelledError)
+                        out = await anyio.to_thread.run_sync(sched.run, plan)
                         sched.apply(plan, out, time.perf_counter() - t0)
                     except StepCancelledError:
                         continue  # only aclose() cancels steps; the cancelled scope ends the loop

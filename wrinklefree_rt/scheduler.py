@@ -3,17 +3,21 @@
 ``schedule()`` frees what ended, admits waiting requests FCFS while a slot and their KV pages
 are free (a request that does not fit waits; it never fails for lack of room), then packs
 rows under the token budget: decode and denoising rows first, prefill chunks fill the rest.
-``apply()`` hands each sequence its outputs and flags its consumer (one that reads only the
-final output, when the request ends). Neither awaits anything: the engine's loop task calls
-them between steps.
+``run()`` runs the plan on the core (in a worker thread), retrying each sequence's rows alone
+when the batch fails. ``apply()`` hands each sequence its outputs and flags its consumer (one
+that reads only the final output, when the request ends). None of them awaits anything: the
+engine's loop task calls them in turn.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
 
+import numpy as np
+
+from .errors import StepCancelledError
 from .sequence import Sequence, Status
-from .step import StepOutput, StepPlan
+from .step import StepPlan, StepResult
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
@@ -69,7 +73,41 @@ class Scheduler:
         self.stats.schedule_time += time.perf_counter() - t0
         return plan
 
-    def apply(self, plan: StepPlan, out: StepOutput, step_time: float) -> None:
+    def run(self, plan: StepPlan) -> StepResult:
+        """Run the plan's forward; called in a worker thread (it touches only the core, and the
+        GIL is released inside). If the step fails, each sequence's rows run alone so that only
+        the request the error is about fails: a failed step leaves the KV cache as it was, so the
+        rerun is exact. A cancelled step (``aclose()``) is not retried."""
+        try:
+            return StepResult(*self._forward(plan), {})
+        except StepCancelledError:
+            raise
+        except Exception as e:
+            if len(plan.works) == 1:
+                n = len(plan.out_rows)
+                return StepResult(np.zeros(n, np.int32), np.zeros(n, np.float32), {0: e})
+        tokens = np.zeros(len(plan.out_rows), np.int32)
+        probs = np.zeros(len(plan.out_rows), np.float32)
+        errors: dict[int, Exception] = {}
+        bounds = plan.out_bounds
+        for i, (seq, work) in enumerate(zip(plan.seqs, plan.works)):
+            outs = slice(bounds[i], bounds[i + 1])
+            try:
+                tokens[outs], probs[outs] = self._forward(StepPlan([(seq, work)]))
+            except StepCancelledError:
+                raise
+            except Exception as e:
+                errors[i] = e
+        return StepResult(tokens, probs, errors)
+
+    def _forward(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray]:
+        tokens, probs, _ = self.core.step(plan.slots, plan.positions, plan.tokens, plan.out_rows,
+                                          out_mode=plan.out_mode, exclude=plan.exclude,
+                                          temperature=plan.temperature, top_k=plan.top_k,
+                                          top_p=plan.top_p, uniform=plan.uniform)
+        return np.asarray(tokens, np.int32), np.asarray(probs, np.float32)
+
+    def apply(self, plan: StepPlan, out: StepResult, step_time: float) -> None:
         t0 = time.perf_counter()
         self.stats.forwards += 1
         self.stats.rows += plan.n_rows

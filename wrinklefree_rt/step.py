@@ -1,4 +1,6 @@
-"""StepPlan / StepOutput: one forward's rows as the flat arrays BitNetBatchEngine.step takes."""
+"""StepPlan / StepResult: one forward's rows as the flat arrays BitNetBatchEngine.step takes,
+and what came back. Both are plain data: the scheduler builds the plan, runs it on the core and
+applies the result."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,18 +10,18 @@ import numpy as np
 
 from .sequence import Sequence, Work
 
-__all__ = ["StepPlan", "StepOutput"]
+__all__ = ["StepPlan", "StepResult"]
 
 
 @dataclass
-class StepOutput:
+class StepResult:
     tokens: np.ndarray  # [n_out] int32
     probs: np.ndarray   # [n_out] float32
     errors: dict[int, Exception]  # segment index -> why that sequence's rows failed
 
 
 class StepPlan:
-    """Rows from many sequences. Built by the scheduler, run by the engine in a worker thread.
+    """Rows from many sequences, as the arrays of one ``BitNetBatchEngine.step`` call.
 
     Segment ``i`` (``seqs[i]``, ``works[i]``) owns output rows ``out_bounds[i]:out_bounds[i + 1]``.
     """
@@ -62,36 +64,3 @@ class StepPlan:
     @property
     def n_rows(self) -> int:
         return len(self.positions)
-
-    def _run(self, core) -> tuple[np.ndarray, np.ndarray]:
-        tokens, probs, _ = core.step(self.slots, self.positions, self.tokens, self.out_rows,
-                                     out_mode=self.out_mode, exclude=self.exclude,
-                                     temperature=self.temperature, top_k=self.top_k,
-                                     top_p=self.top_p, uniform=self.uniform)
-        return np.asarray(tokens, np.int32), np.asarray(probs, np.float32)
-
-    def run(self, core, cancelled: type[BaseException]) -> StepOutput:
-        """Run the step (GIL released inside). If it fails, run each sequence's rows alone so
-        that only the request the error is about fails; a failed step leaves the KV cache as
-        it was, so the rerun is exact. ``cancelled`` errors are not retried."""
-        try:
-            return StepOutput(*self._run(core), {})
-        except cancelled:
-            raise
-        except Exception as e:
-            if len(self.works) == 1:
-                n = len(self.out_rows)
-                return StepOutput(np.zeros(n, np.int32), np.zeros(n, np.float32), {0: e})
-        tokens = np.zeros(len(self.out_rows), np.int32)
-        probs = np.zeros(len(self.out_rows), np.float32)
-        errors: dict[int, Exception] = {}
-        bounds = self.out_bounds
-        for i, (seq, work) in enumerate(zip(self.seqs, self.works)):
-            outs = slice(bounds[i], bounds[i + 1])
-            try:
-                tokens[outs], probs[outs] = StepPlan([(seq, work)])._run(core)
-            except cancelled:
-                raise
-            except Exception as e:
-                errors[i] = e
-        return StepOutput(tokens, probs, errors)
