@@ -34,7 +34,7 @@ int pick_threads(int n) {
     return n == 0 ? physical_core_count() : n;
 }
 
-int pick_pages(const ModelConfig& cfg, const EngineOptions& opt) {
+int pick_pages(const ModelSpec& cfg, const EngineOptions& opt) {
     if (opt.kv_pages < 0) throw std::invalid_argument("kv_pages must be >= 0, got " + std::to_string(opt.kv_pages));
     if (opt.page_size < 1) throw std::invalid_argument("page_size must be >= 1, got " + std::to_string(opt.page_size));
     if (opt.max_slots < 1) throw std::invalid_argument("max_slots must be >= 1, got " + std::to_string(opt.max_slots));
@@ -61,7 +61,7 @@ std::string row_str(int i) { return "row " + std::to_string(i); }
 }  // namespace
 
 struct BitNetBatchEngine::Impl {
-    Impl(const ModelConfig& c, const EngineOptions& o, const std::vector<NamedTensor>& tensors)
+    Impl(const ModelSpec& c, const EngineOptions& o, const std::vector<NamedTensor>& tensors)
         : opt(o),
           kern(&pick_kernels(o.isa)),
           pool(pick_threads(o.num_threads)),
@@ -96,7 +96,7 @@ struct BitNetBatchEngine::Impl {
 };
 
 void BitNetBatchEngine::Impl::validate(const StepInput& in) {
-    const ModelConfig& c = model.cfg;
+    const ModelSpec& c = model.cfg;
     if (in.n_rows < 0) throw std::invalid_argument("n_rows must be >= 0, got " + std::to_string(in.n_rows));
     if (in.n_out < 0 || in.n_out > in.n_rows)
         throw std::invalid_argument("n_out must be in [0, n_rows=" + std::to_string(in.n_rows) + "], got " + std::to_string(in.n_out));
@@ -127,11 +127,12 @@ void BitNetBatchEngine::Impl::validate(const StepInput& in) {
     for (int j = 0; j < in.n_out; ++j) {
         if (in.out_row[j] < 0 || in.out_row[j] >= in.n_rows)
             throw bad_output(j, "out_row " + std::to_string(in.out_row[j]) + " is not a row of this step");
-        const int mode = in.out_mode[j];
-        if (mode < 0 || mode > 2) throw bad_output(j, "out_mode " + std::to_string(mode) + " is not 0, 1 or 2");
+        const OutMode mode = in.out_mode[j];
+        if (mode != OutMode::Argmax && mode != OutMode::Sample && mode != OutMode::Logits)
+            throw bad_output(j, "out_mode " + std::to_string(static_cast<int>(mode)) + " is not 0, 1 or 2");
         if (in.exclude && (in.exclude[j] < -1 || in.exclude[j] >= c.vocab_size))
             throw bad_output(j, "exclude " + std::to_string(in.exclude[j]) + " is not -1 or a token id");
-        if (mode != 1) continue;
+        if (mode != OutMode::Sample) continue;
         if (in.temperature && !(std::isfinite(in.temperature[j]) && in.temperature[j] >= 0.0f))
             throw bad_output(j, "temperature must be finite and >= 0");
         if (in.top_k && in.top_k[j] < 0) throw bad_output(j, "top_k must be >= 0");
@@ -142,7 +143,7 @@ void BitNetBatchEngine::Impl::validate(const StepInput& in) {
 }
 
 void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
-    const ModelConfig& c = model.cfg;
+    const ModelSpec& c = model.cfg;
     const int hd = c.head_dim, nkv = c.num_kv_heads, G = c.num_heads / c.num_kv_heads;
     const int QD = c.num_heads * hd, KD = nkv * hd, ps = kv.page_size();
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -201,7 +202,7 @@ void BitNetBatchEngine::Impl::attention(int layer, const StepInput& in) {
 }
 
 void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
-    const ModelConfig& c = model.cfg;
+    const ModelSpec& c = model.cfg;
     const int M = in.n_rows, H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
     const int QD = c.num_heads * c.head_dim, KD = c.num_kv_heads * c.head_dim;
     const int Kmax = ternary_padded_k(std::max({H, I, QD}));
@@ -289,7 +290,7 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
         if (sample_scratch.size() < static_cast<size_t>(pool.size())) sample_scratch.resize(pool.size());
         pool.parallel_for(n_out, [&](int j, int thread) {
             SampleSpec spec;
-            spec.sample = in.out_mode[j] == 1;
+            spec.sample = in.out_mode[j] == OutMode::Sample;
             spec.exclude = in.exclude ? in.exclude[j] : -1;
             if (in.temperature) spec.temperature = in.temperature[j];
             if (in.top_k) spec.top_k = in.top_k[j];
@@ -302,14 +303,14 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
         if (out.logits) {
             size_t r = 0;
             for (int j = 0; j < n_out; ++j)
-                if (in.out_mode[j] == 2)
+                if (in.out_mode[j] == OutMode::Logits)
                     std::memcpy(out.logits + (r++) * V, LG + static_cast<size_t>(j) * V, static_cast<size_t>(V) * sizeof(float));
         }
     }
     for (int i = 0; i < M; ++i) kv.raise_high_water(in.slot[i], step_hw[in.slot[i]]);
 }
 
-BitNetBatchEngine::BitNetBatchEngine(const ModelConfig& cfg, const EngineOptions& opt, const std::vector<NamedTensor>& tensors)
+BitNetBatchEngine::BitNetBatchEngine(const ModelSpec& cfg, const EngineOptions& opt, const std::vector<NamedTensor>& tensors)
     : impl_(std::make_unique<Impl>(cfg, opt, tensors)) {
     impl_->publish_counts();
 }
@@ -355,7 +356,7 @@ void BitNetBatchEngine::step(const StepInput& in, StepOutput& out) {
 
 void BitNetBatchEngine::cancel() { impl_->cancelled.store(true, std::memory_order_relaxed); }
 
-const ModelConfig& BitNetBatchEngine::config() const { return impl_->model.cfg; }
+const ModelSpec& BitNetBatchEngine::config() const { return impl_->model.cfg; }
 int BitNetBatchEngine::pages_total() const { return impl_->kv.pages_total(); }
 int BitNetBatchEngine::pages_free() const { return impl_->pages_free.load(std::memory_order_relaxed); }
 int BitNetBatchEngine::page_size() const { return impl_->kv.page_size(); }

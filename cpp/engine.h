@@ -3,27 +3,14 @@
 #pragma once
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "config.h"
+#include "errors.h"
+#include "tensor.h"
+
 namespace wfrt {
-
-// Raised when the KV pool cannot hold what was asked; the caller waits and retries.
-struct KVCacheFull : std::runtime_error { using std::runtime_error::runtime_error; };
-// Raised when every sequence slot is in use.
-struct NoFreeSlot : std::runtime_error { using std::runtime_error::runtime_error; };
-// Raised when a step was cancelled between layers (cancel()).
-struct StepCancelled : std::runtime_error { using std::runtime_error::runtime_error; };
-
-struct ModelConfig {
-    int vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
-    int num_heads = 0, num_kv_heads = 0, head_dim = 0, max_positions = 0;
-    float rms_norm_eps = 1e-5f, rope_theta = 500000.0f;
-    bool tie_word_embeddings = false;  // the LM head is embed_tokens (an lm_head tensor is then ignored)
-};
-
-enum class LmHeadPrecision { F32 = 0, I8 = 1 };
 
 struct EngineOptions {
     int num_threads = 0;        // 0: physical cores
@@ -35,22 +22,12 @@ struct EngineOptions {
     std::string isa;            // "": best this CPU runs; else a KernelTable name (tests force "generic")
 };
 
-// A borrowed tensor. Used in place (the caller keeps it alive as long as the engine: the Cython
-// layer holds the numpy arrays): f32 embed_tokens and lm_head, pre-packed ternary (dtype 2),
-// lm_head_i8 (dtype 3, (V,H)) with lm_head_i8.scales (f32 (V,)). Everything else is copied or packed.
-struct TensorView {
-    const void* data = nullptr;
-    int dtype = 0;                  // 0 = f32, 1 = int8 ternary {-1,0,1}, 2 = uint8 pre-packed ternary, 3 = int8 (LM head rows)
-    std::vector<int64_t> shape;
-    float scale = 1.0f;             // ternary: the per-tensor weight scale s (y = dot * s / a)
+// What a step computes for an output row. wrinklefree_rt._core.OutMode mirrors these values.
+enum class OutMode : int8_t {
+    Argmax = 0,   // the most likely token
+    Sample = 1,   // temperature / top-k / top-p with the caller's uniform draw
+    Logits = 2,   // the full logits row (and the argmax)
 };
-
-// Canonical tensor names (what every checkpoint format yields):
-//   embed_tokens (V,H) f32;  norm (H) f32;  lm_head (V,H) f32, absent when tied
-//   layers.{i}.input_layernorm (H), layers.{i}.post_attention_layernorm (H),
-//   layers.{i}.attn_sub_norm (H), layers.{i}.ffn_sub_norm (I)          all f32
-//   layers.{i}.{q,k,v,o,gate,up,down}_proj  ternary (out,in) with scale
-struct NamedTensor { std::string name; TensorView view; };
 
 // One step = rows from any sequences + which rows need an output.
 struct StepInput {
@@ -60,23 +37,23 @@ struct StepInput {
     const int32_t* token = nullptr;     // [n_rows]
     int n_out = 0;
     const int32_t* out_row = nullptr;   // [n_out] index into rows
-    const int8_t* out_mode = nullptr;   // [n_out] 0 argmax, 1 sample, 2 full logits (+argmax)
+    const OutMode* out_mode = nullptr;  // [n_out]
     const int32_t* exclude = nullptr;   // [n_out] token id never chosen (mask), -1 none
-    const float* temperature = nullptr; // [n_out] mode 1
-    const int32_t* top_k = nullptr;     // [n_out] mode 1, 0 = off
-    const float* top_p = nullptr;       // [n_out] mode 1, 1 = off
-    const float* uniform = nullptr;     // [n_out] mode 1, caller's random draw in [0, 1)
+    const float* temperature = nullptr; // [n_out] Sample rows
+    const int32_t* top_k = nullptr;     // [n_out] Sample rows, 0 = off
+    const float* top_p = nullptr;       // [n_out] Sample rows, 1 = off
+    const float* uniform = nullptr;     // [n_out] Sample rows, caller's random draw in [0, 1)
 };
 
 struct StepOutput {
     int32_t* token = nullptr;   // [n_out] chosen token
     float* prob = nullptr;      // [n_out] its probability (softmax over non-excluded tokens)
-    float* logits = nullptr;    // [count of mode-2 rows, vocab] in out order, may be null if none
+    float* logits = nullptr;    // [count of Logits rows, vocab] in out order, may be null if none
 };
 
 class BitNetBatchEngine {
 public:
-    BitNetBatchEngine(const ModelConfig& cfg, const EngineOptions& opt, const std::vector<NamedTensor>& tensors);
+    BitNetBatchEngine(const ModelSpec& cfg, const EngineOptions& opt, const std::vector<NamedTensor>& tensors);
     ~BitNetBatchEngine();
     BitNetBatchEngine(const BitNetBatchEngine&) = delete;
     BitNetBatchEngine& operator=(const BitNetBatchEngine&) = delete;
@@ -90,7 +67,7 @@ public:
     void step(const StepInput& in, StepOutput& out);  // throws on bad input; KV state unchanged then
     void cancel();                                     // makes a running step throw StepCancelled
 
-    const ModelConfig& config() const;
+    const ModelSpec& config() const;
     int pages_total() const;
     int pages_free() const;
     int page_size() const;

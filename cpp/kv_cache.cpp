@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine.h"
+#include "errors.h"
 
 namespace wfrt {
 

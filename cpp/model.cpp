@@ -23,14 +23,14 @@ std::string shape_str(const std::vector<int64_t>& shape) {
     return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-const char* dtype_name(int dtype) {
+const char* dtype_name(TensorDType dtype) {
     switch (dtype) {
-        case 0: return "float32";
-        case 1: return "int8 ternary codes";
-        case 2: return "uint8 packed ternary";
-        case 3: return "int8";
-        default: return "unknown dtype";
+        case TensorDType::F32: return "float32";
+        case TensorDType::TernaryCodes: return "int8 ternary codes";
+        case TensorDType::TernaryPacked: return "uint8 packed ternary";
+        case TensorDType::I8: return "int8";
     }
+    return "unknown dtype";
 }
 
 const TensorView* find(TensorMap& m, const std::string& name, bool required) {
@@ -43,7 +43,7 @@ const TensorView* find(TensorMap& m, const std::string& name, bool required) {
     return nullptr;
 }
 
-void expect(const std::string& name, const TensorView& t, int dtype, std::vector<int64_t> shape) {
+void expect(const std::string& name, const TensorView& t, TensorDType dtype, std::vector<int64_t> shape) {
     if (t.dtype != dtype)
         throw BadTensor(name, std::string("expected ") + dtype_name(dtype) + ", got " + dtype_name(t.dtype));
     if (t.shape != shape) throw BadTensor(name, "expected shape " + shape_str(shape) + ", got " + shape_str(t.shape));
@@ -52,37 +52,11 @@ void expect(const std::string& name, const TensorView& t, int dtype, std::vector
 
 std::vector<float> copy_f32(TensorMap& m, const std::string& name, int n) {
     const TensorView& t = *find(m, name, true);
-    expect(name, t, 0, {n});
+    expect(name, t, TensorDType::F32, {n});
     const float* p = static_cast<const float*>(t.data);
     for (int i = 0; i < n; ++i)
         if (!std::isfinite(p[i])) throw BadTensor(name, "non-finite value at index " + std::to_string(i));
     return std::vector<float>(p, p + n);
-}
-
-void check_config(const ModelConfig& c) {
-    auto positive = [](const char* what, int v) {
-        if (v <= 0) throw std::invalid_argument(std::string("config: ") + what + " must be > 0, got " + std::to_string(v));
-    };
-    positive("vocab_size", c.vocab_size);
-    positive("hidden_size", c.hidden_size);
-    positive("intermediate_size", c.intermediate_size);
-    positive("num_hidden_layers", c.num_layers);
-    positive("num_attention_heads", c.num_heads);
-    positive("num_key_value_heads", c.num_kv_heads);
-    positive("head_dim", c.head_dim);
-    positive("max_position_embeddings", c.max_positions);
-    if (c.num_heads % c.num_kv_heads != 0)
-        throw std::invalid_argument("config: num_attention_heads " + std::to_string(c.num_heads) +
-                                    " is not a multiple of num_key_value_heads " + std::to_string(c.num_kv_heads));
-    if (c.num_heads * c.head_dim != c.hidden_size)
-        throw std::invalid_argument("config: num_attention_heads * head_dim = " + std::to_string(c.num_heads * c.head_dim) +
-                                    " must equal hidden_size " + std::to_string(c.hidden_size) +
-                                    " (attn_sub_norm normalises the attention output over hidden_size)");
-    if (c.head_dim % 2 != 0) throw std::invalid_argument("config: head_dim must be even for RoPE, got " + std::to_string(c.head_dim));
-    if (!(c.rms_norm_eps > 0.0f) || !std::isfinite(c.rms_norm_eps))
-        throw std::invalid_argument("config: rms_norm_eps must be a positive finite number");
-    if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta))
-        throw std::invalid_argument("config: rope_theta must be a positive finite number");
 }
 
 // Where a ternary tensor comes from, resolved before the (parallel) packing.
@@ -113,10 +87,9 @@ RowSplit::RowSplit(int n, int threads) : N(n) {
     tasks = (n + chunk - 1) / chunk;
 }
 
-Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::vector<NamedTensor>& tensors,
+Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vector<NamedTensor>& tensors,
              ThreadPool& pool)
     : cfg(config) {
-    check_config(cfg);
     TensorMap m;
     for (const auto& t : tensors) {
         if (!m.emplace(t.name, TensorEntry{&t.view, false}).second) throw BadTensor(t.name, "given twice");
@@ -125,7 +98,7 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
     const int QD = cfg.num_heads * cfg.head_dim, KD = cfg.num_kv_heads * cfg.head_dim;
 
     const TensorView& emb = *find(m, "embed_tokens", true);
-    expect("embed_tokens", emb, 0, {V, H});
+    expect("embed_tokens", emb, TensorDType::F32, {V, H});
     embed = static_cast<const float*>(emb.data);
     final_norm = copy_f32(m, "norm", H);
 
@@ -150,10 +123,10 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
             if (!std::isfinite(t.scale) || !(t.scale > 0.0f))
                 throw BadTensor(name, "scale must be a positive finite number, got " + std::to_string(t.scale));
             mat.dst->scale = t.scale;
-            if (t.dtype == 1) {
-                expect(name, t, 1, {mat.N, mat.K});
+            if (t.dtype == TensorDType::TernaryCodes) {
+                expect(name, t, TensorDType::TernaryCodes, {mat.N, mat.K});
                 jobs.push_back({name, &t, mat.dst});
-            } else if (t.dtype == 2) {
+            } else if (t.dtype == TensorDType::TernaryPacked) {
                 int64_t bytes = 1;
                 for (int64_t d : t.shape) bytes *= d;
                 if (t.data == nullptr || bytes != static_cast<int64_t>(ternary_packed_bytes(mat.N, mat.K)))
@@ -173,15 +146,15 @@ Model::Model(const ModelConfig& config, LmHeadPrecision precision, const std::ve
     if (cfg.tie_word_embeddings) {
         head_f32 = &emb;
     } else if (head_f32) {
-        expect("lm_head", *head_f32, 0, {V, H});
+        expect("lm_head", *head_f32, TensorDType::F32, {V, H});
     }
     const TensorView* head_i8 = find(m, "lm_head_i8", false);
     const TensorView* head_i8_scales = find(m, "lm_head_i8.scales", false);
     if ((head_i8 == nullptr) != (head_i8_scales == nullptr))
         throw BadTensor(head_i8 ? "lm_head_i8.scales" : "lm_head_i8", "missing (lm_head_i8 and its scales come together)");
     if (head_i8) {
-        expect("lm_head_i8", *head_i8, 3, {V, H});
-        expect("lm_head_i8.scales", *head_i8_scales, 0, {V});
+        expect("lm_head_i8", *head_i8, TensorDType::I8, {V, H});
+        expect("lm_head_i8.scales", *head_i8_scales, TensorDType::F32, {V});
         const float* sc = static_cast<const float*>(head_i8_scales->data);
         for (int n = 0; n < V; ++n)
             if (!std::isfinite(sc[n]) || !(sc[n] > 0.0f))

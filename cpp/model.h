@@ -1,23 +1,16 @@
 // BitNet b1.58 weights (one shared copy) and the layer math that runs on them.
 #pragma once
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "engine.h"
+#include "config.h"
+#include "errors.h"
 #include "kernels/ternary.h"
+#include "tensor.h"
 #include "thread_pool.h"
 
 namespace wfrt {
-
-// A tensor handed to the engine does not fit the model: names the tensor and the problem.
-struct BadTensor : std::invalid_argument {
-    BadTensor(std::string tensor_name, std::string what_wrong)
-        : std::invalid_argument("tensor '" + tensor_name + "': " + what_wrong),
-          tensor(std::move(tensor_name)), problem(std::move(what_wrong)) {}
-    std::string tensor, problem;
-};
 
 // Ternary (N x K) weight in the kernels' packed layout, owned (packed at load from int8 codes)
 // or borrowed (already packed by the caller, who keeps it alive).
@@ -46,13 +39,13 @@ struct LmHead {
 
 struct Model {
     // Borrowed tensors (zero-copy, the caller keeps them alive): f32 embed_tokens and lm_head,
-    // pre-packed ternary weights (dtype 2), lm_head_i8 and lm_head_i8.scales. Everything else
-    // is copied. Throws BadTensor for a missing, misshaped or mistyped tensor, and
-    // std::invalid_argument for an inconsistent config.
+    // pre-packed ternary weights (TernaryPacked), lm_head_i8 and lm_head_i8.scales. Everything else
+    // is copied. Throws BadTensor for a missing, misshaped or mistyped tensor. The config is
+    // trusted (config.h).
     // Packing and head quantization run on `pool`.
-    Model(const ModelConfig& cfg, LmHeadPrecision head, const std::vector<NamedTensor>& tensors, ThreadPool& pool);
+    Model(const ModelSpec& cfg, LmHeadPrecision head, const std::vector<NamedTensor>& tensors, ThreadPool& pool);
 
-    ModelConfig cfg;
+    ModelSpec cfg;
     const float* embed = nullptr;   // (V, H)
     std::vector<float> final_norm;  // (H)
     std::vector<LayerWeights> layers;

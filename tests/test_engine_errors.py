@@ -2,6 +2,7 @@
 no free slot and cancellation are their own error types."""
 import threading
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -170,7 +171,6 @@ def test_bad_tensors_are_model_format_errors(model):
 
 def test_inconsistent_config_is_value_error(model):
     cfg, tensors = model
-    import msgspec
     with pytest.raises(ValueError, match="head_dim"):
         make_engine(msgspec.structs.replace(cfg, head_dim=8), tensors)
 
@@ -198,3 +198,12 @@ def test_cancel_stops_a_running_step(model):
     # The engine serves the next step normally.
     tokens, _, _ = eng.step([slot], [0], [ids[0]], [0])
     assert tokens.shape == (1,)
+
+
+def test_config_must_be_a_checked_model_config(model):
+    # ModelConfig.validate() is the one check of config relations; the core takes nothing else.
+    cfg, tensors = model
+    with pytest.raises(TypeError, match="ModelConfig"):
+        make_engine(msgspec.structs.asdict(cfg), tensors)
+    with pytest.raises(ModelFormatError, match="num_key_value_heads"):
+        make_engine(msgspec.structs.replace(cfg, num_key_value_heads=3), tensors)

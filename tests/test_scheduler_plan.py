@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wrinklefree_rt.params import SamplingParams
-from wrinklefree_rt.sequence import MODE_SAMPLE, Sequence, Work
+from wrinklefree_rt._core import OutMode
+from wrinklefree_rt.sequence import Sequence, Work
 from wrinklefree_rt.step import StepPlan
 
 
@@ -24,7 +25,7 @@ def _reference(segments):
             cols["positions"].append(pos)
             cols["tokens"].append(seq.tokens[pos])
         for pos, mode in zip(work.out_positions, work.out_modes):
-            sampled = mode == MODE_SAMPLE
+            sampled = mode == OutMode.SAMPLE
             sp = seq.params
             cols["out_rows"].append(row0 + pos - work.start)
             cols["out_mode"].append(mode)
@@ -50,7 +51,7 @@ def _random_segments(rng: random.Random):
         end = rng.randint(start + 1, n)
         outs = sorted(rng.sample(range(start, end), rng.randint(0, end - start)))
         mode = rng.choice([0, 1, 2] if sp.temperature > 0 else [0, 2])  # one mode per work
-        uniforms = [rng.random() for _ in outs] if mode == MODE_SAMPLE else []
+        uniforms = [rng.random() for _ in outs] if mode == OutMode.SAMPLE else []
         segments.append((seq, Work(start, end, outs, [mode] * len(outs), uniforms)))
     return segments
 

@@ -1,4 +1,5 @@
-# C++ declarations of the engine (cpp/engine.h). Everything that can throw is `except +`.
+# C++ declarations of the core (cpp/config.h, tensor.h, engine.h). Everything that can throw is
+# `except +`. The enums are mirrored as Python IntEnums in _core.pyx, from these values.
 from libc.stdint cimport int8_t, int32_t, int64_t
 from libcpp cimport bool
 from libcpp.string cimport string
@@ -11,8 +12,8 @@ cdef extern from "_core_errors.h":
     void set_error_types(object kv_full, object no_slot, object cancelled, object model_format)
 
 
-cdef extern from "engine.h" namespace "wfrt" nogil:
-    cdef cppclass ModelConfig:
+cdef extern from "config.h" namespace "wfrt" nogil:
+    cdef cppclass ModelSpec:
         int vocab_size, hidden_size, intermediate_size, num_layers
         int num_heads, num_kv_heads, head_dim, max_positions
         float rms_norm_eps, rope_theta
@@ -22,20 +23,35 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         F32
         I8
 
-    cdef cppclass EngineOptions:
-        int num_threads, max_slots, kv_pages, page_size
-        LmHeadPrecision lm_head
-        string isa
+
+cdef extern from "tensor.h" namespace "wfrt" nogil:
+    cdef enum class CppTensorDType "wfrt::TensorDType"(int):
+        F32
+        TernaryCodes
+        TernaryPacked
+        I8
 
     cdef cppclass TensorView:
         const void* data
-        int dtype
+        CppTensorDType dtype
         vector[int64_t] shape
         float scale
 
     cdef cppclass NamedTensor:
         string name
         TensorView view
+
+
+cdef extern from "engine.h" namespace "wfrt" nogil:
+    cdef enum class CppOutMode "wfrt::OutMode"(int8_t):
+        Argmax
+        Sample
+        Logits
+
+    cdef cppclass EngineOptions:
+        int num_threads, max_slots, kv_pages, page_size
+        LmHeadPrecision lm_head
+        string isa
 
     cdef cppclass StepInput:
         int n_rows
@@ -44,7 +60,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         const int32_t* token
         int n_out
         const int32_t* out_row
-        const int8_t* out_mode
+        const CppOutMode* out_mode
         const int32_t* exclude
         const float* temperature
         const int32_t* top_k
@@ -57,7 +73,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         float* logits
 
     cdef cppclass CppEngine "wfrt::BitNetBatchEngine":
-        CppEngine(const ModelConfig& cfg, const EngineOptions& opt,
+        CppEngine(const ModelSpec& cfg, const EngineOptions& opt,
                           const vector[NamedTensor]& tensors) except +raise_py_error
         int alloc_sequence(int attn_block) except +raise_py_error
         void reserve(int slot, int n_positions) except +raise_py_error
@@ -65,7 +81,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         bool can_reserve(int slot, int n_positions) except +raise_py_error
         void step(const StepInput& inp, StepOutput& out) except +raise_py_error
         void cancel()
-        const ModelConfig& config()
+        const ModelSpec& config()
         int pages_total()
         int pages_free()
         int page_size()

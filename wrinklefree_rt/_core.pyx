@@ -11,25 +11,40 @@ from libc.stdint cimport int8_t, int32_t, int64_t
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
+from enum import IntEnum
+
 import numpy as np
 
+from .config import ModelConfig
 from .errors import KVCacheFullError, ModelFormatError, NoFreeSlotError, StepCancelledError
 
 set_error_types(KVCacheFullError, NoFreeSlotError, StepCancelledError, ModelFormatError)
 
-# TensorView.dtype codes (cpp/engine.h).
-cdef enum:
-    _F32 = 0
-    _TERNARY_CODES = 1
-    _TERNARY_PACKED = 2
-    _I8 = 3
+
+class OutMode(IntEnum):
+    """What ``step`` computes for an output row (cpp/engine.h ``OutMode``)."""
+    ARGMAX = <int>CppOutMode.Argmax
+    SAMPLE = <int>CppOutMode.Sample
+    LOGITS = <int>CppOutMode.Logits
+
+
+class TensorDType(IntEnum):
+    """How the core reads a tensor it is given (cpp/tensor.h ``TensorDType``)."""
+    F32 = <int>CppTensorDType.F32
+    TERNARY_CODES = <int>CppTensorDType.TernaryCodes
+    TERNARY_PACKED = <int>CppTensorDType.TernaryPacked
+    I8 = <int>CppTensorDType.I8
 
 _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 
 
-cdef ModelConfig _model_config(config) except *:
-    cdef ModelConfig c
+cdef ModelSpec _model_spec(config) except *:
+    # ModelConfig.validate() is the one check of the fields and their relations; the core trusts it.
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a wrinklefree_rt.config.ModelConfig, got {type(config).__name__}")
+    config.validate("<config given to BitNetBatchEngine>")
+    cdef ModelSpec c
     try:
         c.vocab_size = config.vocab_size
         c.hidden_size = config.hidden_size
@@ -42,8 +57,8 @@ cdef ModelConfig _model_config(config) except *:
         c.rms_norm_eps = config.rms_norm_eps
         c.rope_theta = config.rope_theta
         c.tie_word_embeddings = config.tie_word_embeddings
-    except AttributeError as e:
-        raise TypeError(f"config lacks a model field: {e}") from None
+    except OverflowError as e:  # validate() bounds every field, so this is a bug
+        raise ValueError(f"config field out of range: {e}") from None
     return c
 
 
@@ -58,18 +73,18 @@ cdef _tensor_view(name, value, TensorView* view, list hold, list keep):
         arr = np.asarray(value.data)
         view.scale = value.scale
         if arr.dtype == np.uint8:
-            view.dtype = _TERNARY_PACKED
+            dtype = TensorDType.TERNARY_PACKED
         elif arr.dtype == np.int8:
-            view.dtype = _TERNARY_CODES
+            dtype = TensorDType.TERNARY_CODES
         else:
             raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
                                    f"ternary data of dtype {arr.dtype} (expected int8 codes or uint8 packed)")
     elif isinstance(value, np.ndarray):
         arr = value
         if arr.dtype == np.int8:
-            view.dtype = _I8
+            dtype = TensorDType.I8
         elif arr.dtype.kind == "f":
-            view.dtype = _F32
+            dtype = TensorDType.F32
             arr = arr.astype(np.float32, copy=False)
         else:
             raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
@@ -79,7 +94,8 @@ cdef _tensor_view(name, value, TensorView* view, list hold, list keep):
                                f"{type(value).__name__} is neither a numpy array nor a TernaryWeight")
     arr = np.ascontiguousarray(arr)
     hold.append(arr)
-    if view.dtype in (_TERNARY_PACKED, _I8) or (view.dtype == _F32 and name in _BORROWED_F32):
+    view.dtype = <CppTensorDType><int>dtype
+    if dtype in (TensorDType.TERNARY_PACKED, TensorDType.I8) or (dtype == TensorDType.F32 and name in _BORROWED_F32):
         keep.append(arr)
     view.data = <const void*><size_t>arr.ctypes.data
     view.shape.clear()
@@ -135,7 +151,7 @@ def release_free_heap():
 cdef class BitNetBatchEngine:
     """One copy of a BitNet b1.58 model serving many sequences, one batched forward per step.
 
-    config: a ModelConfig (attributes vocab_size, hidden_size, ...); tensors: canonical name ->
+    config: a wrinklefree_rt.config.ModelConfig (validated here); tensors: canonical name ->
     numpy array or TernaryWeight (docs/architecture.md). float32 embed_tokens / lm_head and
     pre-packed ternary weights are used in place, not copied.
     """
@@ -151,7 +167,7 @@ cdef class BitNetBatchEngine:
                  int page_size=32, lm_head="int8", isa=""):
         if self._eng != NULL:
             raise RuntimeError("BitNetBatchEngine is already initialised")
-        cdef ModelConfig cfg = _model_config(config)
+        cdef ModelSpec cfg = _model_spec(config)
         cdef EngineOptions opt
         opt.num_threads = num_threads
         opt.max_slots = max_slots
@@ -231,15 +247,15 @@ cdef class BitNetBatchEngine:
             m = np.zeros(n_out, dtype=np.int8)
         else:
             m32 = _int32_array("out_mode", out_mode, n_out)
-            if n_out and (m32.min() < 0 or m32.max() > 2):
-                raise ValueError("out_mode values must be 0 (argmax), 1 (sample) or 2 (logits)")
+            if n_out and (m32.min() < OutMode.ARGMAX or m32.max() > OutMode.LOGITS):
+                raise ValueError("out_mode values must be OutMode: 0 (argmax), 1 (sample) or 2 (logits)")
             m = m32.astype(np.int8)
         x = _int32_array("exclude", -1 if exclude is None else exclude, n_out)
         temp = _float32_array("temperature", 1.0 if temperature is None else temperature, n_out)
         k = _int32_array("top_k", 0 if top_k is None else top_k, n_out)
         tp = _float32_array("top_p", 1.0 if top_p is None else top_p, n_out)
         u = _float32_array("uniform", 0.0 if uniform is None else uniform, n_out)
-        n_logits = int(np.count_nonzero(m == 2))
+        n_logits = int(np.count_nonzero(m == OutMode.LOGITS))
         tokens = np.empty(n_out, dtype=np.int32)
         probs = np.empty(n_out, dtype=np.float32)
         logits = np.empty((n_logits, self.vocab_size), dtype=np.float32) if n_logits else None
@@ -260,7 +276,7 @@ cdef class BitNetBatchEngine:
             inp.token = &tv[0]
         if n_out:
             inp.out_row = &rv[0]
-            inp.out_mode = &mv[0]
+            inp.out_mode = <const CppOutMode*>&mv[0]
             inp.exclude = &xv[0]
             inp.temperature = &tempv[0]
             inp.top_k = &kv[0]

@@ -6,8 +6,7 @@
 #include <new>
 #include <stdexcept>
 
-#include "engine.h"
-#include "model.h"
+#include "errors.h"
 
 static PyObject* wfrt_kv_full_error = nullptr;
 static PyObject* wfrt_no_slot_error = nullptr;

@@ -256,7 +256,7 @@ class Engine:
         if self._closed:
             raise EngineClosedError("the engine is closing")
         seq = self._intake.make_sequence(request, await self._intake.prompt_ids(request))
-        seq.output.final_only = final_only
+        seq.mailbox.final_only = final_only
         self._scheduler.add(seq)
         self._wake_loop()
         return seq

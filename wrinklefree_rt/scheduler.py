@@ -16,7 +16,7 @@ from collections import deque
 import numpy as np
 
 from .errors import StepCancelledError
-from .sequence import Sequence, Status
+from .sequence import Sequence
 from .step import StepPlan, StepResult
 
 __all__ = ["Scheduler", "SchedulerStats"]
@@ -128,8 +128,8 @@ class Scheduler:
                 seq.fail(e)
                 continue
             self.stats.tokens += len(seq.output_ids) - before
-            if seq.finished or news and not seq.output.final_only:
-                seq.output.notify()
+            if seq.finished or news and not seq.mailbox.final_only:
+                seq.mailbox.notify()
         self._release_ended()
         self.stats.schedule_time += time.perf_counter() - t0
 
@@ -161,6 +161,5 @@ class Scheduler:
             self.core.reserve(slot, seq.kv_positions)
             self.waiting.popleft()
             seq.slot_id = slot
-            seq.status = Status.RUNNING
             seq.admitted = time.perf_counter()
             self.running.append(seq)

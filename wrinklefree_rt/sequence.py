@@ -1,4 +1,6 @@
-"""A request's whole state: tokens, K/V freshness, the open block, its output slot.
+"""A request's whole state: tokens, K/V freshness, the open block, the mailbox its consumer reads.
+
+"Slot" in this package means the core's KV slot (``slot_id``) only.
 
 AR and DLM requests are one mechanism. A request decodes in blocks of ``block`` positions
 aligned at multiples of ``block`` (the prompt's tail shares the first block). A DLM block
@@ -14,21 +16,18 @@ because nothing it attends to has changed.
 """
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
 
 import anyio
 import numpy as np
 
+from ._core import OutMode
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
 from .tokenizer import TextStream, Tokenizer
 
 __all__ = ["Sequence", "Work", "DlmSpec"]
-
-# Output modes of BitNetBatchEngine.step (docs/architecture.md).
-MODE_ARGMAX, MODE_SAMPLE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -53,17 +52,11 @@ class Work:
     start: int
     end: int
     out_positions: list[int]
-    out_modes: list[int]
+    out_modes: list[OutMode]
     uniforms: list[float] = field(default_factory=list)
 
 
-class Status(enum.Enum):
-    WAITING = 0
-    RUNNING = 1
-    FINISHED = 2
-
-
-class OutputSlot:
+class Mailbox:
     """Where the engine leaves a request's latest state for its consumer.
 
     The engine only flags "there is news" (never waits), and the consumer builds one
@@ -122,13 +115,12 @@ class Sequence:
                     if params.temperature > 0 and not dlm else None)
         self.text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
         self.output_ids: list[int] = []
-        self.status = Status.WAITING
-        self.finished = False  # status is FINISHED (read on every step: a plain attribute)
+        self.finished = False
         self.slot_id: int | None = None
         self.aborted = False
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
-        self.output = OutputSlot()
+        self.mailbox = Mailbox()
         self.arrival = time.perf_counter()
         self.admitted: float | None = None
         self.first_output: float | None = None
@@ -200,14 +192,14 @@ class Sequence:
         if self._pending_fill():
             target = self._first_open
             need, end, independent = [target - 1], target, target
-            mode = MODE_SAMPLE if self.rng is not None else MODE_ARGMAX
+            mode = OutMode.SAMPLE if self.rng is not None else OutMode.ARGMAX
         else:
             need = [r for r in (c - 1 if self.shift else c for c in self._candidates())
                     if r not in self._preds]
             # Block-causal rows see their whole block, so the whole block runs.
             end = self.block_end if self.attn_block > 1 else max(need) + 1
             independent = self.block_start  # rows below it do not see the open block
-            mode = MODE_ARGMAX
+            mode = OutMode.ARGMAX
         start = min(self._align(self.kv_valid, self.attn_block), self._align(min(need), self.attn_block))
         if end - start > budget:
             # Only rows that do not depend on the open block may run as a separate chunk, and
@@ -219,7 +211,7 @@ class Sequence:
                 cut = min(start + self.attn_block, independent) if start < independent else end
             if cut < end:
                 return Work(start, cut, [], [])
-        uniforms = [float(self.rng.random()) for _ in need] if mode == MODE_SAMPLE else []
+        uniforms = [float(self.rng.random()) for _ in need] if mode == OutMode.SAMPLE else []
         return Work(start, end, need, [mode] * len(need), uniforms)
 
     # ----- results --------------------------------------------------------------------------
@@ -320,7 +312,6 @@ class Sequence:
     def _finish(self, reason: str, stop_reason: int | str | None) -> None:
         if self.text is not None and self.text.stopped is None and self.text.finish():
             reason, stop_reason = "stop", self.text.stopped
-        self.status = Status.FINISHED
         self.finished = True
         self.finish_reason, self.stop_reason = reason, stop_reason
         self.finished_at = time.perf_counter()
@@ -331,11 +322,10 @@ class Sequence:
         self.aborted = True
 
     def fail(self, error: BaseException) -> None:
-        self.output.error = error
-        self.status = Status.FINISHED
+        self.mailbox.error = error
         self.finished = True
         self.finished_at = time.perf_counter()
-        self.output.notify()
+        self.mailbox.notify()
 
     def snapshot(self) -> RequestOutput:
         now = self.finished_at or time.perf_counter()

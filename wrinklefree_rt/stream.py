@@ -41,13 +41,13 @@ class RequestStream:
             if self._seq is None:
                 self._seq = await self._submit(self._final_only)
             seq = self._seq
-            await seq.output.wait()
+            await seq.mailbox.wait()
         except BaseException:
             self._abort()
             raise
-        if seq.output.error is not None:
+        if seq.mailbox.error is not None:
             self._done = True
-            raise seq.output.error
+            raise seq.mailbox.error
         out = seq.snapshot()
         self._done = out.finished
         return out
