@@ -6,8 +6,7 @@ reach ``Engine`` users (``KVCacheFullError``, ``NoFreeSlotError``, ``StepCancell
 in ``wrinklefree_rt.errors``.
 """
 from .engine import Engine
-from .errors import (EngineClosedError, EngineNotRunningError, InvalidRequestError, ModelFormatError,
-                     WrinklefreeError)
+from .errors import EngineClosedError, EngineNotRunningError, InvalidRequestError, ModelFormatError, WrinklefreeError
 from .outputs import EngineStats, RequestMetrics, RequestOutput
 from .params import DiffusionParams, EngineConfig, SamplingParams
 

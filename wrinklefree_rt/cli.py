@@ -9,7 +9,7 @@ import anyio
 __all__ = ["main"]
 
 
-def _generate(argv: list[str]) -> int:
+def _generate(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wrinklefree-rt generate",
                                      description="Stream one completion from a model directory.")
     parser.add_argument("model", help="model directory (HF safetensors or converted) with tokenizer.json")

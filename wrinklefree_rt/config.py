@@ -176,7 +176,7 @@ def _rope_theta(raw: _HFConfig, source: str) -> float:
             raise _field_error(source, f"{key}.rope_type",
                                f"{kind!r} is not supported (only plain RoPE, 'default')")
     nested = raw.rope_parameters is not None and raw.rope_parameters.rope_theta is not None
-    theta = raw.rope_parameters.rope_theta if nested else raw.rope_theta
+    theta = raw.rope_parameters.rope_theta if raw.rope_parameters is not None and nested else raw.rope_theta
     where = "rope_parameters.rope_theta" if nested else "rope_theta"
     if theta is None:
         return _HF_DEFAULT_ROPE_THETA
@@ -228,10 +228,10 @@ def _check(cfg: ModelConfig, source: str) -> None:
         raise _field_error(source, "rms_norm_eps", f"{cfg.rms_norm_eps} must be positive and finite")
     if not (math.isfinite(cfg.rope_theta) and cfg.rope_theta > 0):
         raise _field_error(source, "rope_theta", f"{cfg.rope_theta} must be positive and finite")
-    for name, value in (("bos_token_id", cfg.bos_token_id), ("pad_token_id", cfg.pad_token_id),
+    for name, token in (("bos_token_id", cfg.bos_token_id), ("pad_token_id", cfg.pad_token_id),
                         ("mask_token_id", cfg.mask_token_id)):
-        if value is not None and not 0 <= value < cfg.vocab_size:
-            raise _field_error(source, name, f"{value} outside the vocabulary [0, {cfg.vocab_size})")
+        if token is not None and not 0 <= token < cfg.vocab_size:
+            raise _field_error(source, name, f"{token} outside the vocabulary [0, {cfg.vocab_size})")
     for i, eos in enumerate(cfg.eos_token_ids):
         if not 0 <= eos < cfg.vocab_size:
             raise _field_error(source, f"eos_token_id[{i}]",

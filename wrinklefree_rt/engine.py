@@ -12,11 +12,13 @@ import itertools
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence as Seq
+from typing import TYPE_CHECKING, Any, cast
+from typing import Sequence as Seq
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+from anyio.lowlevel import EventLoopToken
 
 from .errors import EngineClosedError, EngineNotRunningError, InvalidRequestError, StepCancelledError
 from .intake import Prompt, Request, RequestIntake
@@ -26,6 +28,10 @@ from .scheduler import Scheduler
 from .sequence import Sequence
 from .stream import RequestStream
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from ._core import BitNetBatchEngine
+    from .config import ModelConfig
 
 # The error classes are re-exported for code that imported them from here.
 __all__ = ["Engine", "EngineStats", "EngineClosedError", "EngineNotRunningError", "InvalidRequestError",
@@ -44,7 +50,7 @@ class Engine:
     Sync use (any thread): ``engine.generate_batch([...])``, then ``engine.close()``.
     """
 
-    def __init__(self, core, model_config, tokenizer: Tokenizer | None = None,
+    def __init__(self, core: BitNetBatchEngine, model_config: ModelConfig, tokenizer: Tokenizer | None = None,
                  config: EngineConfig | dict | None = None):
         self.config = validate(config, EngineConfig, "engine config")
         self.core = core
@@ -53,11 +59,11 @@ class Engine:
         self._scheduler = Scheduler(core, self.config.max_num_batched_tokens)
         self._ids = itertools.count()
         self._wake: anyio.Event | None = None
-        self._token = None
+        self._token: EventLoopToken | None = None
         self._loop_thread: int | None = None
         self._closed = False
-        self._portal_cm = None
-        self._portal_ctx = None
+        self._portal_cm: Any = None   # the sync API's blocking portal, and the engine entered in it
+        self._portal_ctx: Any = None
         self._lock = threading.Lock()
         self._intake = RequestIntake(model_config, tokenizer, self.config, core.pages_total * core.page_size)
 
@@ -138,7 +144,7 @@ class Engine:
                     try:
                         plan = sched.schedule()
                         if plan is None:
-                            await self._wake.wait()
+                            await cast(anyio.Event, self._wake).wait()  # set by __aenter__
                             self._wake = anyio.Event()
                             continue
                         t0 = time.perf_counter()
@@ -183,8 +189,8 @@ class Engine:
         """Run a request to completion; returns its final ``RequestOutput``."""
         last = None
         async with self._stream(prompt, params, diffusion, request_id, final_only=True) as stream:
-            async for last in stream:
-                pass
+            async for out in stream:
+                last = out
         assert last is not None  # a stream ends with its final output or raises
         return last
 
@@ -223,7 +229,7 @@ class Engine:
         first_error = next((e for e in errors if e is not None), None)
         if first_error is not None:
             raise first_error
-        return results
+        return cast("list[RequestOutput]", results)  # every stream ended with its final output
 
     def _call_sync(self, fn, *args):
         with self._lock:

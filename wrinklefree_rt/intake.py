@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence as Seq, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
+from typing import Sequence as Seq
 
 import anyio
 
@@ -196,4 +197,4 @@ def _prompt_items(prompt: object) -> list:
     if isinstance(prompt, (bytes, bytearray, Mapping)) or not hasattr(prompt, "__iter__"):
         raise InvalidRequestError(f"prompt: expected text (str), token ids (list of int) or chat messages "
                                   f"(list of {{'role', 'content'}} dicts), got {type(prompt).__name__}")
-    return list(prompt)  # type: ignore[call-overload]
+    return list(prompt)

@@ -16,7 +16,7 @@ from collections import deque
 import numpy as np
 
 from .errors import StepCancelledError
-from .sequence import Sequence
+from .sequence import Sequence, Work
 from .step import StepPlan, StepResult
 
 __all__ = ["Scheduler", "SchedulerStats"]
@@ -50,7 +50,7 @@ class Scheduler:
         t0 = time.perf_counter()
         self._release_ended()
         self._admit()
-        chosen = []
+        chosen: list[tuple[Sequence, Work]] = []
         used = 0
         # Decode/denoise before prefill, except that a sequence left out of several steps in a
         # row goes first (a busy engine must not starve a prefill); then longest-waiting first.

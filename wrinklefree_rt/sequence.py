@@ -16,6 +16,7 @@ because nothing it attends to has changed.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ class Sequence:
         self.shift = dlm.shift if dlm else True
         self.attn_block = dlm.attn_block if dlm else 1
         self.mask_id = dlm.mask_token_id if dlm else -1
+        self.threshold = dlm.threshold if dlm else math.inf  # AR: one position per block anyway
         self.exclude_id = exclude_id  # never chosen by any output row (the model's mask token)
         self.stop_ids = stop_ids
         self.prompt_len = len(self.prompt_ids)
@@ -211,7 +213,7 @@ class Sequence:
                 cut = min(start + self.attn_block, independent) if start < independent else end
             if cut < end:
                 return Work(start, cut, [], [])
-        uniforms = [float(self.rng.random()) for _ in need] if mode == OutMode.SAMPLE else []
+        uniforms = [float(self.rng.random()) for _ in need] if self.rng is not None and mode == OutMode.SAMPLE else []
         return Work(start, end, need, [mode] * len(need), uniforms)
 
     # ----- results --------------------------------------------------------------------------
@@ -252,7 +254,7 @@ class Sequence:
         probs = [self._preds[r][1] for r in rows]
         best = probs.index(max(probs))  # ties: leftmost
         for i, (c, r) in enumerate(zip(cands, rows)):
-            if i == best or probs[i] >= self.dlm.threshold:
+            if i == best or probs[i] >= self.threshold:
                 self._set(c, self._preds.pop(r)[0])  # a row predicts one position only
 
     def _drop_stale_preds(self) -> None:

@@ -35,6 +35,7 @@ class StepPlan:
         positions: list[int] = []
         tokens: list[int] = []
         for seq, w in segments:
+            assert seq.slot_id is not None  # the scheduler plans admitted sequences only
             slots += [seq.slot_id] * (w.end - w.start)
             positions += range(w.start, w.end)
             tokens += seq.tokens[w.start:w.end]

@@ -51,7 +51,7 @@ def gguf_name(canonical: str) -> str:
 
 
 # ggml type id -> numpy dtype for the float types read without the gguf package
-_FLOAT_TYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 30: np.dtype("<u2")}
+_FLOAT_TYPES: dict[int, np.dtype[Any]] = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 30: np.dtype("<u2")}
 
 
 def _read_tensor(f: GGUFFile, info: GGUFTensorInfo) -> np.ndarray:

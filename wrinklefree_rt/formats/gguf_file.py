@@ -49,7 +49,7 @@ class GGUFFile:
         if size < 24:
             raise ModelFormatError(self.path, None, f"truncated: {size} bytes, no GGUF header")
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        self._buf = memoryview(self.data)
+        self._buf = memoryview(self.data)  # type: ignore[arg-type]  # numpy declares __buffer__ for 3.12+ only
         self._pos = 0
         if bytes(self._take(4, "magic")) != b"GGUF":
             raise ModelFormatError(self.path, None, "bad magic: not a GGUF file")

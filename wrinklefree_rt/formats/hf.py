@@ -64,7 +64,7 @@ class TensorSource:
             raise self.error(name, "contains NaN or inf")
         return out
 
-    def linear(self, name: str, shape: tuple[int, int], cfg: ModelConfig) -> TernaryWeight:
+    def linear(self, name: str, shape: tuple[int, ...], cfg: ModelConfig) -> TernaryWeight:
         w = self.get(name)
         q = cfg.quantization
         if q is None or q.quantization_mode == "online":
@@ -80,7 +80,7 @@ class TensorSource:
             return TernaryWeight(codes, s, shape)
         return self._offline(name, w, shape, q.linear_class)
 
-    def _offline(self, name: str, w: np.ndarray, shape: tuple[int, int], linear_class: str) -> TernaryWeight:
+    def _offline(self, name: str, w: np.ndarray, shape: tuple[int, ...], linear_class: str) -> TernaryWeight:
         out_f, in_f = shape
         if w.dtype != np.uint8:
             raise self.error(name, f"dtype {w.dtype}: an offline checkpoint stores packed uint8 weights")

@@ -42,13 +42,14 @@ PACKED_FILE = "model.wfrt"  # the file name inside a converted model directory
 _ALIGN = 64
 _PREFIX = struct.Struct("<8sIIQ")
 _CRC = struct.Struct("<I")
-_NP = {"f32": np.dtype("<f4"), "i8": np.dtype("i1"), "ternary": np.dtype("u1")}
+_Kind = Literal["f32", "i8", "ternary"]
+_NP: dict[str, np.dtype] = {"f32": np.dtype("<f4"), "i8": np.dtype("i1"), "ternary": np.dtype("u1")}
 _DERIVED = ("lm_head_i8", "lm_head_i8.scales")
 
 
 class _Entry(msgspec.Struct, kw_only=True):
     name: str
-    dtype: Literal["f32", "i8", "ternary"]
+    dtype: _Kind
     shape: list[int]
     offset: int
     nbytes: int
@@ -70,9 +71,9 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _plan(cfg: ModelConfig, core) -> dict[str, tuple[str, tuple[int, ...], int]]:
+def _plan(cfg: ModelConfig, core) -> dict[str, tuple[_Kind, tuple[int, ...], int]]:
     """Every tensor a file of ``cfg`` holds, in file order: name -> (dtype, shape, nbytes)."""
-    plan = {}
+    plan: dict[str, tuple[_Kind, tuple[int, ...], int]] = {}
     for name, shape in canonical_names(cfg).items():
         if name.rsplit(".", 1)[-1] in LINEAR_NAMES:
             plan[name] = ("ternary", shape, core.ternary_packed_bytes(*shape))
@@ -141,7 +142,7 @@ def write_packed(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tu
         with open(tmp, "wb") as f:
             def put(name: str, data: np.ndarray) -> None:
                 f.seek(entries[name].offset)
-                f.write(memoryview(data).cast("B"))
+                f.write(memoryview(data).cast("B"))  # type: ignore[arg-type]  # numpy declares __buffer__ for 3.12+ only
                 written.add(name)
                 if progress:
                     progress(name, data.nbytes)

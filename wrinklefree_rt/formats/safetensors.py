@@ -20,7 +20,7 @@ from ..errors import ModelFormatError
 __all__ = ["SafetensorsFile", "ShardedSafetensors", "open_safetensors_dir"]
 
 # BF16 has no numpy dtype: stored as uint16 and widened to float32 on access (exact).
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+_DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
            "U8": np.dtype("u1"), "I8": np.dtype("i1")}
 # The safetensors reference implementation refuses headers above 100 MB.
 _MAX_HEADER = 100_000_000

@@ -33,7 +33,7 @@ __all__ = ["MAGIC", "load_sglbin", "unpack_sgl_rows"]
 
 MAGIC = b"SGLBITNT"
 _BLOCK = 128
-_DTYPES = {0: np.dtype("u1"), 1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<u2")}
+_DTYPES: dict[int, np.dtype] = {0: np.dtype("u1"), 1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<u2")}
 _MAX_NDIM = 8
 
 

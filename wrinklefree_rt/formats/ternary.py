@@ -27,7 +27,7 @@ class TernaryWeight:
 
     data: np.ndarray
     scale: float
-    shape: tuple[int, int]
+    shape: tuple[int, ...]  # (out, in)
 
     @property
     def is_packed(self) -> bool:
