@@ -158,6 +158,7 @@ void quantize_row_i8_avx2(const float* x, int K, int K_padded, int8_t* xq, float
 }
 
 #include "attn_tiles.h"
+#include "exp_tiles.h"
 
 struct Fymm {
     using F = __m256;
@@ -170,6 +171,37 @@ struct Fymm {
     static F set1(float x) { return _mm256_set1_ps(x); }
     static F zero() { return _mm256_setzero_ps(); }
     static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+    static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+    static F add(F a, F b) { return _mm256_add_ps(a, b); }
+    static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+    static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+    static F max(F a, F b) { return _mm256_max_ps(a, b); }
+    static F round(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+    static F keep_first(F v, int n) { return _mm256_and_ps(v, _mm256_castsi256_ps(first(n))); }
+    static F exp_clamp(F t) { return _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f)); }
+    static F exp_scale(F p, F n, F t) {
+        const __m256 normal = _mm256_cmp_ps(t, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+        const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(pow2n)), normal);
+    }
+    static float hmax(F v) {
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, v);
+        float m = lanes[0];
+        for (float x : lanes) m = x > m ? x : m;
+        return m;
+    }
+    using D = __m256d;
+    static D dzero() { return _mm256_setzero_pd(); }
+    static void add_widened(D& lo, D& hi, F v) {
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    static double dsum(D lo, D hi) {
+        const __m256d s = _mm256_add_pd(lo, hi);
+        const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+        return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    }
     static float sum(F v) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -192,50 +224,7 @@ void attn_accumulate_avx2_impl(const float* P, int G, int ldp, int d, const floa
     attn_accumulate_simd<Fymm>(P, G, ldp, d, Vc, ld, count, O, ldo);
 }
 
-// exp in float to ~1 ulp, as the AVX-512 one (see there), with 2^n built in the exponent field,
-// so n must stay a normal exponent: t is clamped to [-87, 88] and results below e^-87 (2^-125)
-// flush to 0.
-inline __m256 exp_ps(__m256 t) {
-    const __m256 normal = _mm256_cmp_ps(t, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
-    t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), t);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(scale)), normal);
-}
-
-double exp_sum_avx2(const float* x, int n, float mul, float sub) {
-    const __m256 vm = _mm256_set1_ps(mul), vs = _mm256_set1_ps(sub);
-    // Float exps summed in double lanes: a float running sum over 128K terms would lose digits.
-    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        // mul then sub, not fused: the argument rounds as the scalar expression's does.
-        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vm), vs));
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    if (i < n) {
-        const __m256i live = Fymm::first(n - i);
-        const __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, live), vm), vs);
-        const __m256 e = _mm256_and_ps(exp_ps(t), _mm256_castsi256_ps(live));
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    const __m256d s = _mm256_add_pd(lo, hi);
-    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
-}
+double exp_sum_avx2(const float* x, int n, float mul, float sub) { return exp_sum_simd<Fymm>(x, n, mul, sub); }
 
 // max_ps returns its second operand when either is NaN: NaN -> 0, as the reference.
 void relu2_mul_avx2(float* x, const float* up, int n) {
@@ -250,32 +239,7 @@ void relu2_mul_avx2(float* x, const float* up, int n) {
     }
 }
 
-void softmax_avx2(float* x, int n) {
-    const int full = n / 8 * 8;
-    const __m256i tail = Fymm::first(n - full);
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    for (int i = 0; i < full; i += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(x + i));
-    float m = -INFINITY;
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, mx);
-    for (float v : lanes) m = v > m ? v : m;
-    for (int i = full; i < n; ++i) m = x[i] > m ? x[i] : m;
-    const __m256 vmx = _mm256_set1_ps(m);
-    __m256 sum = _mm256_setzero_ps();
-    for (int i = 0; i < full; i += 8) {
-        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
-        _mm256_storeu_ps(x + i, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    if (full < n) {
-        const __m256 e = _mm256_and_ps(exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + full, tail), vmx)), _mm256_castsi256_ps(tail));
-        _mm256_maskstore_ps(x + full, tail, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    const __m256 inv = _mm256_set1_ps(1.0f / Fymm::sum(sum));
-    for (int i = 0; i < full; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
-    if (full < n) _mm256_maskstore_ps(x + full, tail, _mm256_mul_ps(_mm256_maskload_ps(x + full, tail), inv));
-}
+void softmax_avx2(float* x, int n) { softmax_simd<Fymm>(x, n); }
 
 double sum_squares_avx2(const float* x, int n) {
     __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};

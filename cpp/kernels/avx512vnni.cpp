@@ -144,6 +144,7 @@ void f32_gemm_avx512vnni(const float* W, int N, int K, const float* X, int ldx, 
 }
 
 #include "attn_tiles.h"
+#include "exp_tiles.h"
 
 struct Fzmm {
     using F = __m512;
@@ -156,6 +157,23 @@ struct Fzmm {
     static F set1(float x) { return _mm512_set1_ps(x); }
     static F zero() { return _mm512_setzero_ps(); }
     static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+    static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+    static F add(F a, F b) { return _mm512_add_ps(a, b); }
+    static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+    static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+    static F max(F a, F b) { return _mm512_max_ps(a, b); }
+    static F round(F v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT); }
+    static F keep_first(F v, int n) { return _mm512_maskz_mov_ps(first(n), v); }
+    static F exp_clamp(F t) { return t; }
+    static F exp_scale(F p, F n, F) { return _mm512_scalef_ps(p, n); }
+    static float hmax(F v) { return _mm512_reduce_max_ps(v); }
+    using D = __m512d;
+    static D dzero() { return _mm512_setzero_pd(); }
+    static void add_widened(D& lo, D& hi, F v) {
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    }
+    static double dsum(D lo, D hi) { return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)); }
     static float sum(F v) { return _mm512_reduce_add_ps(v); }
     static void sum4(F a, F b, F c, F d, float out[4]) {
         // 256-bit halves added: a's and b's eight partials side by side, then c's and d's.
@@ -179,38 +197,7 @@ void attn_accumulate_avx512(const float* P, int G, int ldp, int d, const float* 
     attn_accumulate_simd<Fzmm>(P, G, ldp, d, Vc, ld, count, O, ldo);
 }
 
-// exp in float to ~1 ulp: e^t = 2^n * e^r with n = round(t / ln 2), r = t - n ln 2 (ln 2 in two
-// parts, so r is exact enough), e^r by its Taylor series to r^7 (|r| <= ln 2 / 2: the next term
-// is below 2^-27), 2^n applied by scalef, which underflows to 0 as exp does.
-inline __m512 exp_ps(__m512 t) {
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), t);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-double exp_sum_avx512(const float* x, int n, float mul, float sub) {
-    const __m512 vm = _mm512_set1_ps(mul), vs = _mm512_set1_ps(sub);
-    // Float exps summed in double lanes: a float running sum over 128K terms would lose digits.
-    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
-    for (int i = 0; i < n; i += 16) {
-        const __mmask16 live = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-        // mul then sub, not fused: the argument rounds as the scalar expression's does.
-        const __m512 t = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(live, x + i), vm), vs);
-        const __m512 e = _mm512_maskz_mov_ps(live, exp_ps(t));
-        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
-    }
-    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
-}
+double exp_sum_avx512(const float* x, int n, float mul, float sub) { return exp_sum_simd<Fzmm>(x, n, mul, sub); }
 
 // max_ps returns its second operand when either is NaN: NaN -> 0, as the reference.
 void relu2_mul_avx512(float* x, const float* up, int n) {
@@ -221,20 +208,7 @@ void relu2_mul_avx512(float* x, const float* up, int n) {
     }
 }
 
-void softmax_avx512(float* x, int n) {
-    auto live = [n](int i) { return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1); };
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int i = 0; i < n; i += 16) mx = _mm512_mask_max_ps(mx, live(i), mx, _mm512_maskz_loadu_ps(live(i), x + i));
-    const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-        const __m512 e = _mm512_maskz_mov_ps(live(i), exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live(i), x + i), vmx)));
-        _mm512_mask_storeu_ps(x + i, live(i), e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int i = 0; i < n; i += 16) _mm512_mask_storeu_ps(x + i, live(i), _mm512_mul_ps(_mm512_maskz_loadu_ps(live(i), x + i), inv));
-}
+void softmax_avx512(float* x, int n) { softmax_simd<Fzmm>(x, n); }
 
 double sum_squares_avx512(const float* x, int n) {
     __m512d acc[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
