@@ -20,8 +20,8 @@ from safetensors.numpy import save_file
 from wrinklefree_rt import _core
 from wrinklefree_rt.formats.hf import hf_name
 from wrinklefree_rt.formats.packed import FORMAT_VERSION, PACKED_FILE, write_packed
+from wrinklefree_rt import random_model as synth
 
-from . import synth
 from .gguf_writer import CACHE, cached_gguf
 
 __all__ = ["wfrt_dir", "hf_offline_dir", "cached_gguf", "mask_token_id"]

@@ -1,7 +1,7 @@
 """Write the synthetic model as a GGUF of arch ``bitnet`` for llama.cpp (the peer).
 
 The ternary linears go in as TQ2_0 or TQ1_0, quantized by ``gguf.quants`` from float32
-``q * s``; since ``s`` is fp16-exact (bench/synth.py), each 256-block's fp16 scale is ``s`` and
+``q * s``; since ``s`` is fp16-exact (wrinklefree_rt/random_model.py), each 256-block's fp16 scale is ``s`` and
 the file dequantizes to exactly the weights this runtime runs. ``token_embd`` is Q8_0 (what
 llama.cpp's own BitNet conversions ship) and doubles as the output layer: there is no
 ``output.weight``. The vocab is the real Llama-3 one (tokens, types, merges) from the
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wrinklefree_rt.formats.gguf import gguf_name
-
-from . import synth
+from wrinklefree_rt import random_model as synth
 
 try:
     import gguf

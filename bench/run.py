@@ -1,6 +1,6 @@
 """Side-by-side benchmark: llama.cpp (TQ2_0, TQ1_0) vs this runtime on identical weights.
 
-Method: ../shared/BENCHMARKS.md. One synthetic model with the real 2B-4T shape (bench/synth.py)
+Method: ../shared/BENCHMARKS.md. One synthetic model with the real 2B-4T shape (wrinklefree_rt/random_model.py)
 is written as this runtime's packed format and as GGUF TQ2_0 / TQ1_0; every system runs with the
 same thread count, and the figures are taken interleaved (A B C A B C ...) so drift hits all
 alike. Reported: medians, ratios against llama.cpp TQ2_0, and each figure as a fraction of its
@@ -28,8 +28,9 @@ import numpy as np
 from wrinklefree_rt import _core
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
+from wrinklefree_rt import random_model as synth
 
-from . import artifacts, gguf_writer, hw, peer, synth
+from . import artifacts, gguf_writer, hw, peer
 from .ours import Ours
 
 RESULTS = Path(__file__).resolve().parent / "results"

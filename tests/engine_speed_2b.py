@@ -12,44 +12,24 @@ Not a pytest test (it needs ~4 GB of memory and a minute); the numbers go in the
 """
 import argparse
 import time
-from types import SimpleNamespace
-
 import numpy as np
 
+from wrinklefree_rt import random_model
 from wrinklefree_rt._core import BitNetBatchEngine, quantize_lm_head_i8, ternary_pack
 from wrinklefree_rt.formats.ternary import TernaryWeight
 
-SHAPE = SimpleNamespace(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
-                        num_attention_heads=20, num_key_value_heads=5, head_dim=128, rms_norm_eps=1e-5,
-                        rope_theta=500000.0, max_position_embeddings=4096,
-                        tie_word_embeddings=True)
+SHAPE = random_model.SHAPES["2b"]
 
 
-def random_tensors(cfg, seed=0, prepacked=False):
-    rng = np.random.default_rng(seed)
-    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    QD, KD = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    shapes = {"q_proj": (QD, H), "k_proj": (KD, H), "v_proj": (KD, H), "o_proj": (H, QD),
-              "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
-    # One random code matrix per shape, shared by the layers; every layer still gets its own packed
-    # copy (packed by the engine, or here with prepacked, as the runtime's own format hands them
-    # over), so decode reads the real 2B byte count.
-    codes = {}
-    for name, shape in shapes.items():
-        if shape not in codes:
-            codes[shape] = rng.integers(-1, 2, size=shape, dtype=np.int8)
-    t = {"embed_tokens": rng.standard_normal((V, H), dtype=np.float32),
-         "norm": np.ones(H, np.float32)}
-    for i in range(cfg.num_hidden_layers):
-        p = f"layers.{i}."
-        for n, size in (("input_layernorm", H), ("post_attention_layernorm", H), ("attn_sub_norm", H),
-                        ("ffn_sub_norm", I)):
-            t[p + n] = np.ones(size, np.float32)
-        for name, shape in shapes.items():
-            data = ternary_pack(codes[shape]) if prepacked else codes[shape]
-            t[p + name] = TernaryWeight(data, 0.01, shape)
-    if prepacked:
-        t["lm_head_i8"], t["lm_head_i8.scales"] = quantize_lm_head_i8(t["embed_tokens"])
+def random_tensors(seed=0, prepacked=False):
+    """The 2B-shaped random model (wrinklefree_rt.random_model); with prepacked, handed over packed
+    with its int8 head, as the runtime's own format does."""
+    if not prepacked:
+        return random_model.tensors(SHAPE, seed)
+    t = {}
+    for name, w in random_model.iter_tensors(SHAPE, seed):
+        t[name] = TernaryWeight(ternary_pack(w.data), w.scale, w.shape) if isinstance(w, TernaryWeight) else w
+    t["lm_head_i8"], t["lm_head_i8.scales"] = quantize_lm_head_i8(t["embed_tokens"])
     return t
 
 
@@ -94,10 +74,10 @@ def main():
     rows = [int(r) for r in args.rows.split(",") if r]
 
     t0 = time.perf_counter()
-    tensors = random_tensors(SHAPE, prepacked=args.prepacked)
+    tensors = random_tensors(prepacked=args.prepacked)
     t1 = time.perf_counter()
     pages = (max(rows + [args.prompt + args.tokens + 1, 64]) + 31) // 32 + 2
-    eng = BitNetBatchEngine(SHAPE, tensors, num_threads=args.threads, max_slots=4, kv_pages=pages,
+    eng = BitNetBatchEngine(random_model.model_config(SHAPE), tensors, num_threads=args.threads, max_slots=4, kv_pages=pages,
                             lm_head=args.lm_head)
     t2 = time.perf_counter()
     print(f"isa={eng.isa} threads={eng.num_threads} lm_head={args.lm_head}")
@@ -109,7 +89,7 @@ def main():
     for n in rows:
         slot = eng.alloc_sequence()
         eng.reserve(slot, n)
-        args_n = (np.full(n, slot), np.arange(n), np.arange(1, n + 1) % SHAPE.vocab_size, [n - 1])
+        args_n = (np.full(n, slot), np.arange(n), np.arange(1, n + 1) % SHAPE.vocab, [n - 1])
         eng.step(*args_n)
         t = timed(perf, "prefill", lambda: eng.step(*args_n), 3)
         print(f"prefill {n} rows: {t * 1e3:.0f} ms ({n / t:.1f} rows/s)")

@@ -21,13 +21,9 @@ from importlib import util as importlib_util
 from pathlib import Path
 
 import anyio
-import numpy as np
 
-from .config import parse_config
+from . import random_model
 from .engine import Engine
-from .formats import TernaryWeight
-from .formats.canonical import canonical_names, linear_shapes
-from .formats.packed import PACKED_FILE, write_packed
 from .params import DiffusionParams, SamplingParams
 
 __all__ = ["main", "bench_main", "build_random_model", "find_llama3_tokenizer"]
@@ -44,32 +40,10 @@ def find_llama3_tokenizer() -> Path:
 def build_random_model(path: Path, *, vocab_size: int, hidden: int = 256, layers: int = 4,
                        heads: int = 4, kv_heads: int = 2, intermediate: int = 512,
                        mask_token_id: int | None = None, seed: int = 0) -> Path:
-    """A random BitNet model directory (config.json + model.wfrt); tied embeddings."""
-    path.mkdir(parents=True, exist_ok=True)
-    raw = {"model_type": "bitnet", "vocab_size": vocab_size, "hidden_size": hidden,
-           "intermediate_size": intermediate, "num_hidden_layers": layers,
-           "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-           "tie_word_embeddings": True, "hidden_act": "relu2", "mask_token_id": mask_token_id}
-    if vocab_size > 128009:  # the Llama-3 vocabulary's special tokens
-        raw.update(bos_token_id=128000, eos_token_id=[128001, 128009])
-    cfg = parse_config(raw, "random model")
-    rng = np.random.default_rng(seed)
-    shapes = linear_shapes(cfg)
-
-    def tensor(name: str, shape: tuple[int, ...]):
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in shapes:
-            codes = rng.integers(-1, 2, size=shape, dtype=np.int8)
-            return TernaryWeight(codes, float(rng.uniform(0.01, 0.03)), shape)
-        if name == "embed_tokens":
-            return rng.standard_normal(shape, dtype=np.float32)
-        return rng.uniform(0.5, 1.5, size=shape).astype(np.float32)  # norms
-
-    write_packed(path / PACKED_FILE, cfg,
-                 ((n, tensor(n, s)) for n, s in canonical_names(cfg).items()), source="random")
-    (path / "config.json").write_text(cfg.to_json().decode())
-    return path
+    """A random BitNet model directory (config.json + model.wfrt; wrinklefree_rt.random_model)."""
+    shape = random_model.Shape("random", hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
+                               kv_heads=kv_heads, vocab=vocab_size, max_positions=2048)
+    return random_model.write_model_dir(path, shape, seed, mask_token_id)
 
 
 def _demo_model(path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""A deterministic random BitNet b1.58 model with a real shape, for speed measurements.
+"""Deterministic random BitNet b1.58 models: the one builder behind the demo's random model,
+the benchmarks' synthetic 2B model and the speed scripts in tests/.
 
 Speed does not depend on what weights mean, so the benchmarks run on random ternary codes with
 the real 2B-4T shape. Every tensor has its own generator seeded by (seed, tensor index), so any
@@ -13,14 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from wrinklefree_rt.config import ModelConfig, parse_config
-from wrinklefree_rt.formats.ternary import TernaryWeight
+from .config import ModelConfig, parse_config
+from .formats.packed import PACKED_FILE, write_packed
+from .formats.ternary import TernaryWeight
 
 __all__ = ["Shape", "SHAPES", "PROJECTIONS", "hf_config", "model_config", "tensor_names",
-           "tensor_dims", "make_tensor", "iter_tensors", "tensors", "ternary_macs_per_token"]
+           "tensor_dims", "make_tensor", "iter_tensors", "tensors", "ternary_macs_per_token",
+           "write_model_dir", "TernaryWeight"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +151,12 @@ def ternary_macs_per_token(shape: Shape) -> int:
     """Multiply-accumulates of the ternary linears per token (2.08 G for 2B; LM head excluded)."""
     per_layer = sum(o(shape) * i(shape) for _, o, i in PROJECTIONS)
     return per_layer * shape.layers
+
+
+def write_model_dir(path: Path, shape: Shape, seed: int = 0, mask_token_id: int | None = None) -> Path:
+    """The model as a directory ``Engine.from_pretrained`` loads: config.json + model.wfrt."""
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = model_config(shape, mask_token_id)
+    write_packed(path / PACKED_FILE, cfg, iter_tensors(shape, seed), source=f"random {shape.name} seed {seed}")
+    (path / "config.json").write_text(cfg.to_json().decode())
+    return path
