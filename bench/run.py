@@ -1,6 +1,6 @@
 """Side-by-side benchmark: llama.cpp (TQ2_0, TQ1_0) vs this runtime on identical weights.
 
-Method: ../shared/BENCHMARKS.md. One synthetic model with the real 2B-4T shape (wrinklefree_rt/random_model.py)
+Method: docs/benchmarks.md. One synthetic model with the real 2B-4T shape (wrinklefree_rt/random_model.py)
 is written as this runtime's packed format and as GGUF TQ2_0 / TQ1_0; every system runs with the
 same thread count, and the figures are taken interleaved (A B C A B C ...) so drift hits all
 alike. Reported: medians, ratios against llama.cpp TQ2_0, and each figure as a fraction of its

@@ -2,8 +2,8 @@
 
 One sequence at a time, no KV cache: every step recomputes the whole sequence with the HF
 transformers model, with a 4D mask implementing the attention block rule (key k visible to
-query q iff k // B <= q // B; B = 1 is causal). The DLM decoder follows DESIGN.md section 5:
-blocks aligned at multiples of the block size (the prompt tail shares the first block),
+query q iff k // B <= q // B; B = 1 is causal). The DLM decoder follows docs/design.md
+("DLM block decoding"): blocks aligned at multiples of the block size (the prompt tail shares the first block),
 sub-blocks left to right, every candidate with probability >= threshold unmasked and always
 the single most confident one, the mask token never predicted, ``shift`` taking position i's
 prediction from row i - 1 (and a block's first open position from the row before it, computed
