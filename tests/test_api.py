@@ -340,6 +340,12 @@ def test_request_checks_run_when_the_request_is_made(engine):
             engine.generate_async(prompt, params, diffusion=diffusion)
     with pytest.raises(InvalidRequestError, match="prompt: .* got int"):
         engine.generate_batch(["fine", 7], {"max_tokens": 1})
+    with pytest.raises(InvalidRequestError, match="request_id: expected a str, got int"):
+        engine.generate_async("x", request_id=7)
+    with pytest.raises(InvalidRequestError, match="params: 1 values for 2 prompts"):
+        engine.generate_batch(["a", "b"], [{"max_tokens": 1}])
+    with pytest.raises(InvalidRequestError, match=r"sampling params: Expected `object`, got `int`"):
+        engine.generate_async("x", 5)
 
 
 def test_block_larger_than_the_context_is_refused(tmp_path):

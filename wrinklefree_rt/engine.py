@@ -178,6 +178,8 @@ class Engine:
                 diffusion: DiffusionParams | dict | bool | None, request_id: str | None, *,
                 final_only: bool) -> RequestStream:
         """A checked request's stream (a bad request raises here, in the caller's thread)."""
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidRequestError(f"request_id: expected a str, got {type(request_id).__name__}")
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = self._intake.check(prompt, params, diffusion, rid)
         return RequestStream(rid, functools.partial(self._submit, request), self._wake_loop,
