@@ -338,7 +338,7 @@ def test_request_checks_run_when_the_request_is_made(engine):
             continue  # token ids are checked against the vocabulary and the mask once submitted
         with pytest.raises(InvalidRequestError, match=match):
             engine.generate_async(prompt, params, diffusion=diffusion)
-    with pytest.raises(InvalidRequestError, match="prompt: .* got int"):
+    with pytest.raises(InvalidRequestError, match=r"prompts\[1\]: prompt: .* got int"):
         engine.generate_batch(["fine", 7], {"max_tokens": 1})
     with pytest.raises(InvalidRequestError, match="request_id: expected a str, got int"):
         engine.generate_async("x", request_id=7)

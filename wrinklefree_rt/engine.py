@@ -206,9 +206,13 @@ class Engine:
         prompts = list(prompts)
         per_params = _per_prompt(params, len(prompts), "params")
         per_diffusion = _per_prompt(diffusion, len(prompts), "diffusion")
-        # Validate here so that a bad request raises in the caller's thread, before any work.
-        streams = [self._stream(p, sp, dp, None, final_only=True)
-                   for p, sp, dp in zip(prompts, per_params, per_diffusion)]
+        # Checked here so that a bad request raises in the caller's thread, before any work.
+        streams = []
+        for i, (p, sp, dp) in enumerate(zip(prompts, per_params, per_diffusion)):
+            try:
+                streams.append(self._stream(p, sp, dp, None, final_only=True))
+            except InvalidRequestError as e:
+                raise InvalidRequestError(f"prompts[{i}]: {e}") from None
         return self._call_sync(self._collect, streams)
 
     async def _collect(self, streams: list["RequestStream"]) -> list[RequestOutput]:
