@@ -6,8 +6,9 @@ optional extra: ``pip install wrinklefree_rt[gguf]``). A BitNet weight is ``q * 
 scale per tensor, so after dequantizing every non-zero element must have the same magnitude
 ``s``; a tensor where they differ is not a BitNet weight and is refused rather than
 re-quantized. An optional per-tensor ``*.scale`` (llama.cpp's ``wq_scale`` and friends)
-multiplies ``s``. bitnet.cpp's I2_S is refused with a clear error: its type id is not a ggml
-one and its block layout differs between the x86 and ARM builds that write it.
+multiplies ``s``. bitnet.cpp's I2_S (type id 36, not a ggml one) is read by ``i2s.py`` in the
+block layout the caller names (``i2s_layout``: x86 by default, or arm): nothing in the file
+records which build wrote it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..config import ModelConfig, parse_config
 from ..errors import ModelFormatError
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .gguf_file import GGUFFile, GGUFTensorInfo
+from .i2s import I2S_LAYOUTS, I2S_TYPE, i2s_nbytes, read_i2s
 from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
@@ -69,8 +71,9 @@ def _read_tensor(f: GGUFFile, info: GGUFTensorInfo) -> np.ndarray:
     try:
         qtype = gguf.GGMLQuantizationType(info.ggml_type)
     except ValueError:
-        raise ModelFormatError(f.path, info.name, f"ggml type {info.ggml_type} is unknown (bitnet.cpp's I2_S "
-                                                  "and other fork-only types are not supported)") from None
+        raise ModelFormatError(f.path, info.name, f"ggml type {info.ggml_type} is unknown (fork-only types "
+                                                  f"other than bitnet.cpp's I2_S ({I2S_TYPE}) are not "
+                                                  "supported)") from None
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     if info.shape[-1] % block:
         raise ModelFormatError(f.path, info.name, f"row of {info.shape[-1]} is not a multiple of the "
@@ -144,8 +147,11 @@ def _ternary(path: str, name: str, x: np.ndarray, extra_scale: float) -> tuple[n
     return np.sign(x).astype(np.int8), scale
 
 
-def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Open a BitNet GGUF file and return the canonical tensors (ternary ones as int8 codes)."""
+def load_gguf(path: str | os.PathLike, i2s_layout: str = "x86") -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Open a BitNet GGUF file and return the canonical tensors (ternary ones as int8 codes).
+    ``i2s_layout`` (``"x86"`` or ``"arm"``) says which bitnet.cpp build wrote its I2_S tensors."""
+    if i2s_layout not in I2S_LAYOUTS:
+        raise ValueError(f"i2s_layout {i2s_layout!r}: one of {list(I2S_LAYOUTS)}")
     f = GGUFFile(path)
     path = f.path
     arch = f.fields.get("general.architecture")
@@ -176,7 +182,12 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
                 if sc.size != 1:
                     raise ModelFormatError(path, base + ".scale", f"{sc.size} values, expected one")
                 extra = float(sc.reshape(()))
-            codes, s = _ternary(path, base + ".weight", tensor(base + ".weight", shape), extra)
+            info = f.tensors.get(base + ".weight")
+            if info is not None and info.ggml_type == I2S_TYPE and info.shape == shape:
+                codes, s = read_i2s(f, info, i2s_layout)
+                s = float(np.float32(s) * np.float32(extra))
+            else:
+                codes, s = _ternary(path, base + ".weight", tensor(base + ".weight", shape), extra)
             out[canon] = TernaryWeight(codes, s, shape)
         else:
             out[canon] = tensor(base + ".weight", shape)
