@@ -176,7 +176,7 @@ def test_tokenizer_rebuilt_from_gguf_encodes_like_the_original(tmp_path):
 
     from tokenizers import Tokenizer
 
-    from wrinklefree_rt.formats.gguf import gguf_tokenizer_files
+    from wrinklefree_rt.formats.gguf_vocab import gguf_tokenizer_files
     original = _llama3_gguf(tmp_path / "v.gguf")
     files = gguf_tokenizer_files(tmp_path / "v.gguf")
     # llama.cpp tokenizes llama-bpe with ignore_merges (whole words found in the vocab win)
@@ -195,9 +195,9 @@ def test_tokenizer_rebuilt_from_gguf_encodes_like_the_original(tmp_path):
 
 
 @pytest.mark.parametrize("pre, model, problem", [("qwen2", "gpt2", "unknown pre-tokenizer"),
-                                                 ("llama-bpe", "llama", "only byte-level BPE")])
+                                                 ("llama-bpe", "llama", "'llama' is not supported: only byte-level BPE")])
 def test_tokenizer_not_rebuilt_when_unsure(tmp_path, pre, model, problem):
-    from wrinklefree_rt.formats.gguf import gguf_tokenizer_files
+    from wrinklefree_rt.formats.gguf_vocab import gguf_tokenizer_files
     _llama3_gguf(tmp_path / "v.gguf", pre=pre, model=model, n_vocab=300)
     with pytest.raises(ValueError, match=problem):
         gguf_tokenizer_files(tmp_path / "v.gguf")

@@ -17,7 +17,7 @@ from typing import TextIO
 from .errors import ModelFormatError
 from .formats import open_model, single_file_format
 from .formats.canonical import canonical_names
-from .formats.gguf import gguf_tokenizer_files
+from .formats.gguf_vocab import UnsupportedVocabularyError, gguf_tokenizer_files
 from .formats.packed import PACKED_FILE, write_packed
 
 __all__ = ["main", "convert"]
@@ -89,9 +89,7 @@ def _write_gguf_tokenizer(src: Path, dst: Path, stream: TextIO | None) -> None:
     directory, or say why not (a model is still usable with token ids)."""
     try:
         files = gguf_tokenizer_files(src)
-    except ModelFormatError:
-        raise
-    except ValueError as e:
+    except UnsupportedVocabularyError as e:
         if stream:
             print(f"note: no tokenizer written: {e}", file=stream)
         return
