@@ -86,7 +86,7 @@ def test_fixture_greedy_tokens(expected):
 
 # ------------------------------------------------------------------------------ the ARM layout
 
-def _repacked(tmp_path: Path, layout: str) -> Path:
+def repacked_fixture(tmp_path: Path, layout: str) -> Path:
     """The fixture with every I2_S payload rewritten in ``layout`` (same sizes, same offsets)."""
     f = GGUFFile(I2S)
     raw = bytearray(I2S.read_bytes())
@@ -124,7 +124,7 @@ def test_pack_matches_bitnet_cpp_loops():
 
 
 def test_arm_layout_loads_to_the_same_model(tmp_path, expected):
-    arm = _repacked(tmp_path, "arm")
+    arm = repacked_fixture(tmp_path, "arm")
     _, want = load_model_dir(I2S)
     _, got = load_model_dir(arm, i2s_layout="arm")
     for name, ref in want.items():

@@ -25,7 +25,7 @@ from .i2s import I2S_LAYOUTS, I2S_TYPE, i2s_nbytes, read_i2s
 from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
-__all__ = ["load_gguf", "GGUF_MAGIC", "GGUF_ARCHES"]
+__all__ = ["load_gguf", "gguf_config", "GGUF_MAGIC", "GGUF_ARCHES"]
 
 GGUF_MAGIC = b"GGUF"
 GGUF_ARCHES = ("bitnet", "bitnet-b1.58", "bitnet-25")
@@ -147,6 +147,16 @@ def _ternary(path: str, name: str, x: np.ndarray, extra_scale: float) -> tuple[n
     return np.sign(x).astype(np.int8), scale
 
 
+def gguf_config(f: GGUFFile) -> ModelConfig:
+    """The model config a BitNet GGUF's metadata describes (no tensor data is read)."""
+    arch = f.fields.get("general.architecture")
+    if arch not in GGUF_ARCHES:
+        raise ModelFormatError(f.path, None, f"general.architecture {arch!r} is not a BitNet one {GGUF_ARCHES}")
+    embd = f.tensors.get("token_embd.weight")
+    return _config(f.path, f.fields, arch, "output.weight" in f.tensors,
+                   embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0)
+
+
 def load_gguf(path: str | os.PathLike, i2s_layout: str = "x86") -> tuple[ModelConfig, dict[str, Tensor]]:
     """Open a BitNet GGUF file and return the canonical tensors (ternary ones as int8 codes).
     ``i2s_layout`` (``"x86"`` or ``"arm"``) says which bitnet.cpp build wrote its I2_S tensors."""
@@ -154,12 +164,7 @@ def load_gguf(path: str | os.PathLike, i2s_layout: str = "x86") -> tuple[ModelCo
         raise ValueError(f"i2s_layout {i2s_layout!r}: one of {list(I2S_LAYOUTS)}")
     f = GGUFFile(path)
     path = f.path
-    arch = f.fields.get("general.architecture")
-    if arch not in GGUF_ARCHES:
-        raise ModelFormatError(path, None, f"general.architecture {arch!r} is not a BitNet one {GGUF_ARCHES}")
-    embd = f.tensors.get("token_embd.weight")
-    cfg = _config(path, f.fields, arch, "output.weight" in f.tensors,
-                  embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0)
+    cfg = gguf_config(f)
 
     def tensor(name: str, shape: tuple[int, ...] | None) -> np.ndarray:
         info = f.tensors.get(name)

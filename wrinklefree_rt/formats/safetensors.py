@@ -139,6 +139,12 @@ class ShardedSafetensors(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         return self._where[name][name]
 
+    def dtype(self, name: str) -> str:
+        return self._where[name].dtype(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].shape(name)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
