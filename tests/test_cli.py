@@ -182,3 +182,50 @@ def test_corrupt_file_is_one_line_and_debug_shows_the_traceback(gguf, tmp_path):
     assert r.returncode == 1 and r.stderr == "error: --prompt-ids '1,x': expected comma-separated integers\n"
     r = cli("generate", gguf, "--prompt-ids", "5000")
     assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_chat_ctrl_c_stops_the_reply_and_the_conversation_goes_on(tmp_path):
+    """SIGINT during a reply aborts that request (" [interrupted]"), the next turn is answered on
+    the same engine, and /exit ends the session with status 0."""
+    import os
+    import queue
+    import signal
+    import threading
+
+    from tiny_models import make_hf_model, save_hf_model
+    # big enough that a 4000-token reply takes seconds on one thread
+    model = make_hf_model(3, vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+                          bos_token_id=0, eos_token_id=[1])
+    save_hf_model(model, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(FIXTURE / "hf" / name, tmp_path / name)
+    proc = subprocess.Popen([sys.executable, "-m", "wrinklefree_rt", "chat", str(tmp_path), "--threads", "1",
+                             "--max-tokens", "4000", "--ignore-eos"], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=0)
+    chunks: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [chunks.put(c) for c in iter(lambda: proc.stdout.read(1), "")],
+                     daemon=True).start()
+    seen = ""
+
+    def wait_for(pred, timeout=120.0):
+        nonlocal seen
+        import time
+        end = time.monotonic() + timeout
+        while not pred(seen):
+            seen += chunks.get(timeout=max(0.01, end - time.monotonic()))
+
+    try:
+        for turn in ("first question", "second question"):
+            start = len(seen)
+            proc.stdin.write(turn + "\n")
+            proc.stdin.flush()
+            wait_for(lambda s: len(s) - start > 20)  # the reply is streaming
+            os.kill(proc.pid, signal.SIGINT)
+            wait_for(lambda s: s.count(" [interrupted]\n") == (1 if turn.startswith("first") else 2))
+        proc.stdin.write("/exit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    assert seen.count(" [interrupted]\n") == 2

@@ -67,9 +67,16 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--threshold", type=float)
 
 
+def _load_bar(pairs, total: int):
+    """Reading (and for an HF checkpoint quantizing) a model's tensors, shown when stderr is a
+    terminal (a pipe gets no bar, only errors)."""
+    from tqdm import tqdm
+    return tqdm(pairs, total=total, desc="loading", unit="tensor", leave=False, file=sys.stderr, disable=None)
+
+
 def _engine(args, **config: Any):
     from .engine import Engine
-    return Engine.from_pretrained(args.model, num_threads=args.threads, lm_head=args.lm_head,
+    return Engine.from_pretrained(args.model, progress=_load_bar, num_threads=args.threads, lm_head=args.lm_head,
                                   i2s_layout=args.i2s_layout, chat_template=args.chat_template, **config)
 
 
@@ -228,6 +235,7 @@ def inspect(argv: list[str]) -> int:
     cfg = listing.config
     tok = load_tokenizer(args.model)
     template = None if tok is None or tok.chat_template is None else tok.chat_template.source
+    folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
     info = {
         "format": listing.format,
         "path": listing.path,
@@ -238,9 +246,8 @@ def inspect(argv: list[str]) -> int:
         "kv_bytes_per_token": 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4,
         "kernels": _core.default_kernel_name(),
         "kernels_supported": list(_core.kernel_names()),
-        "tokenizer": None if tok is None else "tokenizer.json" if (Path(args.model) if Path(args.model).is_dir()
-                                                                   else Path(args.model).parent).joinpath(
-            "tokenizer.json").is_file() else "rebuilt from the GGUF metadata",
+        "tokenizer": None if tok is None else "tokenizer.json" if (folder / "tokenizer.json").is_file()
+        else "rebuilt from the GGUF metadata",
         "chat_template": template,
         "chat_format_fallback": None if tok is None else tok.chat_format,
         "dlm": {"mask_token_id": cfg.mask_token_id if cfg.mask_token_id is not None
@@ -301,7 +308,7 @@ def verify(argv: list[str]) -> int:
     from .verify import format_report, verify as run_verify
     report = run_verify(args.model, args.reference, prompts=args.prompts, prompt_len=args.prompt_len,
                         tolerance=args.tolerance, i2s_layout=args.i2s_layout,
-                        progress=lambda it, **kw: tqdm(it, disable=args.quiet, leave=False, **kw))
+                        progress=lambda it, **kw: tqdm(it, disable=True if args.quiet else None, leave=False, **kw))
     _write((json.dumps(report.to_dict()) if args.json else format_report(report)) + "\n")
     return 0 if report.ok else 1
 
@@ -340,7 +347,7 @@ def bench(argv: list[str]) -> int:
     from .measure import BLOCK, StepBench
 
     t0 = time.perf_counter()
-    cfg, tensors = load_model_dir(args.model, args.i2s_layout)
+    cfg, tensors = load_model_dir(args.model, args.i2s_layout, None if args.quiet else _load_bar)
     limit = cfg.max_position_embeddings
     tg_prompt, pp = min(args.prompt_len, limit - args.tg), min(args.pp, limit)
     if tg_prompt < 1:
@@ -355,7 +362,7 @@ def bench(argv: list[str]) -> int:
     samples: dict[str, list[float]] = {"tg": [], "pp": [], **{f"batched_{r}": [] for r in rows}}
     for r in rows:
         sb.forward(r, 1)  # warm-up: first use of the KV pages and buffers
-    with tqdm(total=args.reps * (2 + len(rows)), desc="bench", unit="run", disable=args.quiet,
+    with tqdm(total=args.reps * (2 + len(rows)), desc="bench", unit="run", disable=True if args.quiet else None,
               leave=False) as bar:
         for _ in range(args.reps):  # interleaved, so drift hits every figure alike
             samples["tg"].append(args.tg / sb.tg(tg_prompt, args.tg))

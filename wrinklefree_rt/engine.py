@@ -93,14 +93,15 @@ class Engine:
             tokenizer.eos_token_ids if tokenizer is not None else ())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **config: Any) -> "Engine":
+    def from_pretrained(cls, path: str | Path, *, progress=None, **config: Any) -> "Engine":
         """Load a model (HF safetensors directory, ``wrinklefree-rt convert`` output, GGUF file)
-        and its tokenizer (``tokenizer.json`` in its folder, else a GGUF's own vocabulary)."""
+        and its tokenizer (``tokenizer.json`` in its folder, else a GGUF's own vocabulary).
+        ``progress``: see ``formats.load_model_dir`` (the CLI passes a tqdm bar)."""
         from ._core import BitNetBatchEngine, release_free_heap
         from .formats import load_model_dir
 
         cfg = validate(config, EngineConfig, "engine config")
-        model_config, tensors = load_model_dir(path, cfg.i2s_layout)
+        model_config, tensors = load_model_dir(path, cfg.i2s_layout, progress)
         pages = -(-cfg.kv_cache_tokens // cfg.page_size) if cfg.kv_cache_tokens else 0
         core = BitNetBatchEngine(model_config, tensors, num_threads=cfg.num_threads,
                                  max_slots=cfg.max_num_seqs, kv_pages=pages,
