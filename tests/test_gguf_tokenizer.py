@@ -55,3 +55,12 @@ def test_gguf_alone_chats(lone_gguf):
     ref = Tokenizer.from_dir(FIXTURE / "hf")
     assert chat.token_ids == by_ids.token_ids and len(chat.token_ids) == 8
     assert chat.text == ref.decode(chat.token_ids)
+
+
+def test_unsupported_vocabulary_is_named(tmp_path):
+    """A SentencePiece (``llama``) vocabulary is not rebuilt: the model still loads for token ids,
+    and the warning names the vocabulary type."""
+    from test_formats_gguf import _llama3_gguf
+    _llama3_gguf(tmp_path / "v.gguf", model="llama", n_vocab=300)
+    with pytest.warns(UserWarning, match="tokenizer.ggml.model 'llama' is not supported: only byte-level BPE"):
+        assert load_tokenizer(tmp_path / "v.gguf") is None
