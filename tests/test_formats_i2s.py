@@ -209,7 +209,8 @@ def test_bad_codes_scale_and_truncation_refused(tmp_path):
     nan = good.copy()
     nan[-32:-28] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
     nan[0] = 0b10_01_01_01  # one +1 code, so the scale matters
-    _refused(_gguf(tmp_path / "n.gguf", _one_layer(ffn_down=nan.tobytes())), "blk.0.ffn_down.weight", "finite and positive")
+    _refused(_gguf(tmp_path / "n.gguf", _one_layer(ffn_down=nan.tobytes())), "blk.0.ffn_down.weight",
+             "finite and positive")
     cut = _gguf(tmp_path / "t.gguf", _one_layer())
     cut.write_bytes(cut.read_bytes()[:-3000])
     with pytest.raises(ModelFormatError, match="truncated"):

@@ -73,7 +73,8 @@ def open_model(path: str | os.PathLike, i2s_layout: str = "x86") -> tuple[ModelC
 
 
 def load_model_dir(path: str | os.PathLike, i2s_layout: str = "x86",
-                   progress: Callable[[Iterable, int], Iterable] | None = None) -> tuple[ModelConfig, dict[str, Tensor]]:
+                   progress: Callable[[Iterable, int], Iterable] | None = None
+                   ) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Load a model from a HF directory (``config.json`` + safetensors, online or offline), a
     directory written by ``wrinklefree-rt convert`` (holding ``model.wfrt``), a ``.wfrt`` file,
     a BitNet GGUF file (or a directory holding one, without config.json; bitnet.cpp's I2_S in

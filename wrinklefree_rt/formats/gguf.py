@@ -21,7 +21,7 @@ from ..config import ModelConfig, parse_config
 from ..errors import ModelFormatError
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .gguf_file import GGUFFile, GGUFTensorInfo
-from .i2s import I2S_LAYOUTS, I2S_TYPE, i2s_nbytes, read_i2s
+from .i2s import I2S_LAYOUTS, I2S_TYPE, read_i2s
 from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
