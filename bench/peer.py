@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from wrinklefree_rt.measure import prompt_ids
+
 try:
     import llama_cpp
 except ImportError:  # reported by available()
     llama_cpp = None
 
 __all__ = ["available", "versions", "LlamaPeer"]
-
-# Fixed token ids: ordinary Llama-3 word pieces, so no special-token paths are taken.
-PROMPT_BASE = 1000
 
 
 def available() -> bool:
@@ -49,7 +48,7 @@ def versions() -> dict:
 
 
 def prompt(n: int) -> list[int]:
-    return [PROMPT_BASE + i for i in range(n)]
+    return prompt_ids(n)
 
 
 class LlamaPeer:

@@ -29,9 +29,9 @@ from wrinklefree_rt import _core
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
 from wrinklefree_rt import random_model as synth
+from wrinklefree_rt.measure import StepBench
 
 from . import artifacts, gguf_writer, hw, peer
-from .ours import Ours
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -52,13 +52,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _load_ours(path: Path, threads: int, max_slots: int, kv_tokens: int) -> Ours:
+def _load_ours(path: Path, threads: int, max_slots: int, kv_tokens: int) -> StepBench:
     t0 = time.perf_counter()
     cfg, tensors = load_model_dir(path)
     page = 32
     eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=max_slots,
                             kv_pages=-(-kv_tokens // page), page_size=page, lm_head="int8")
-    return Ours(eng, time.perf_counter() - t0)
+    return StepBench(eng, time.perf_counter() - t0)
 
 
 def bytes_per_token_ours(shape: synth.Shape) -> int:

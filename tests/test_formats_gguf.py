@@ -123,13 +123,13 @@ def test_wrong_arch_short_file_and_garbage(model, tmp_path):
 def test_unknown_tensor_type_is_named(model, tmp_path):
     import struct
     raw = bytearray(save_gguf(model, tmp_path / "m.gguf").read_bytes())
-    # the type id follows the name and dims of a tensor info: make blk.0.attn_q's an I2_S-like 36
+    # the type id follows the name and dims of a tensor info: make blk.0.attn_q's 37 (a removed one)
     name = b"blk.0.attn_q.weight"
     at = raw.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
     n_dims = struct.unpack_from("<I", raw, at)[0]
-    struct.pack_into("<I", raw, at + 4 + 8 * n_dims, 36)
+    struct.pack_into("<I", raw, at + 4 + 8 * n_dims, 37)
     (tmp_path / "x.gguf").write_bytes(bytes(raw))
-    _refused(tmp_path / "x.gguf", "blk.0.attn_q.weight", "ggml type 36 is unknown")
+    _refused(tmp_path / "x.gguf", "blk.0.attn_q.weight", "ggml type 37 is unknown")
 
 
 # ---------------------------------------------------------------- tokenizer from GGUF metadata
@@ -176,7 +176,7 @@ def test_tokenizer_rebuilt_from_gguf_encodes_like_the_original(tmp_path):
 
     from tokenizers import Tokenizer
 
-    from wrinklefree_rt.formats.gguf import gguf_tokenizer_files
+    from wrinklefree_rt.formats.gguf_vocab import gguf_tokenizer_files
     original = _llama3_gguf(tmp_path / "v.gguf")
     files = gguf_tokenizer_files(tmp_path / "v.gguf")
     # llama.cpp tokenizes llama-bpe with ignore_merges (whole words found in the vocab win)
@@ -195,9 +195,9 @@ def test_tokenizer_rebuilt_from_gguf_encodes_like_the_original(tmp_path):
 
 
 @pytest.mark.parametrize("pre, model, problem", [("qwen2", "gpt2", "unknown pre-tokenizer"),
-                                                 ("llama-bpe", "llama", "only byte-level BPE")])
+                                                 ("llama-bpe", "llama", "'llama' is not supported: only byte-level BPE")])
 def test_tokenizer_not_rebuilt_when_unsure(tmp_path, pre, model, problem):
-    from wrinklefree_rt.formats.gguf import gguf_tokenizer_files
+    from wrinklefree_rt.formats.gguf_vocab import gguf_tokenizer_files
     _llama3_gguf(tmp_path / "v.gguf", pre=pre, model=model, n_vocab=300)
     with pytest.raises(ValueError, match=problem):
         gguf_tokenizer_files(tmp_path / "v.gguf")

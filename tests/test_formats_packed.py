@@ -79,8 +79,8 @@ def test_convert_dir_copies_side_files_and_reports_progress(hf_dir, tmp_path):
     out = convert(hf_dir, tmp_path / "conv", progress_stream=stream)
     assert out == tmp_path / "conv" / "model.wfrt"
     assert (tmp_path / "conv" / "tokenizer.json").is_file() and (tmp_path / "conv" / "config.json").is_file()
-    lines = stream.getvalue().splitlines()
-    assert lines and lines[-1].startswith("[" + "#" * 30 + "] 100%")
+    last = stream.getvalue().replace("\n", "\r").strip("\r").split("\r")[-1]
+    assert last.startswith("convert: 100%") and " 27/27 " in last  # 2 layers x 11, embed, norm, head, int8 head + scales
     cfg, t = load_model_dir(tmp_path / "conv")  # the directory now loads from model.wfrt
     assert t["embed_tokens"].base is not None and "lm_head_i8" in t
 

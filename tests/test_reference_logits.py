@@ -15,9 +15,10 @@ from wrinklefree_rt import _core
 PROMPT_LEN = 24
 
 
-def engine_logits(path, prompt: np.ndarray, lm_head: str = "fp32", isa: str = "") -> np.ndarray:
+def engine_logits(path, prompt: np.ndarray, lm_head: str = "fp32", isa: str = "",
+                  i2s_layout: str = "x86") -> np.ndarray:
     """Full logits for every position of one causal prefill."""
-    cfg, tensors = load_model_dir(path)
+    cfg, tensors = load_model_dir(path, i2s_layout)
     eng = _core.BitNetBatchEngine(cfg, tensors, num_threads=1, max_slots=2, lm_head=lm_head, isa=isa)
     slot = eng.alloc_sequence(1)
     n = len(prompt)

@@ -58,8 +58,10 @@ def test_llama3_chat_format(tmp_path):
     config["chat_template"] = "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     tok = Tokenizer.from_dir(tmp_path)
-    assert tok.chat_format == "llama3"
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
+    assert tok.chat_format == "llama3"  # the built-in format a template's tokens point to
+    with pytest.raises(ValueError, match="chat template failed to render: 'message' is undefined"):
+        tok.apply_chat_template([{"role": "user", "content": "Hi"}])  # the checkpoint's own template
+    text = Tokenizer.from_dir(tmp_path, chat_format="llama3").apply_chat_template([{"role": "user", "content": "Hi"}])
     assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert Tokenizer.from_dir(tmp_path, chat_format="bitnet").chat_format == "bitnet"

@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from tqdm import tqdm
+
 from .errors import ModelFormatError
 from .formats import open_model, single_file_format
 from .formats.canonical import canonical_names
-from .formats.gguf import gguf_tokenizer_files
+from .formats.gguf_vocab import UnsupportedVocabularyError, gguf_tokenizer_files
 from .formats.packed import PACKED_FILE, write_packed
 
 __all__ = ["main", "convert"]
@@ -25,38 +27,6 @@ __all__ = ["main", "convert"]
 # Files beside the weights that a model directory needs at run time.
 _SIDE_FILES = ("config.json", "dlm_config.json", "generation_config.json", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
-class _Progress:
-    """A plain-text progress bar on a stream: redrawn in place on a terminal, a line per tenth
-    of the work otherwise (logs stay readable)."""
-
-    def __init__(self, total: int, stream: TextIO, width: int = 30):
-        self.total, self.stream, self.width = total, stream, width
-        self.done = 0
-        self.bytes = 0
-        self.start = time.monotonic()
-        self.tty = stream.isatty()
-        self.last_tenth = -1
-
-    def __call__(self, name: str, nbytes: int) -> None:
-        self.done = min(self.done + 1, self.total)
-        self.bytes += nbytes
-        frac = self.done / self.total
-        filled = int(frac * self.width)
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {frac:4.0%} {self.done}/{self.total} "
-                f"{self.bytes / 2**20:8.1f} MiB {time.monotonic() - self.start:6.1f}s  {name}")
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line)
-        elif int(frac * 10) != self.last_tenth:
-            self.last_tenth = int(frac * 10)
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = None) -> Path:
@@ -75,10 +45,13 @@ def convert(src: str | Path, dst: str | Path, progress_stream: TextIO | None = N
                 if (src / name).is_file():
                     shutil.copyfile(src / name, dst / name)
     # one step per canonical tensor, plus the int8 head
-    bar = _Progress(len(canonical_names(cfg)) + 2, progress_stream) if progress_stream else None
-    write_packed(out, cfg, tensors, source=str(src), progress=bar)
-    if bar:
-        bar.finish()
+    with tqdm(total=len(canonical_names(cfg)) + 2, file=progress_stream, disable=progress_stream is None,
+              desc="convert", unit="tensor") as bar:
+        def progress(name: str, nbytes: int) -> None:
+            bar.set_postfix_str(f"{name} ({nbytes / 2**20:.1f} MiB)", refresh=False)
+            bar.update()
+
+        write_packed(out, cfg, tensors, source=str(src), progress=progress)
     if out.parent == dst and single_file_format(src) == "gguf":
         _write_gguf_tokenizer(src, dst, progress_stream)
     return out
@@ -89,9 +62,7 @@ def _write_gguf_tokenizer(src: Path, dst: Path, stream: TextIO | None) -> None:
     directory, or say why not (a model is still usable with token ids)."""
     try:
         files = gguf_tokenizer_files(src)
-    except ModelFormatError:
-        raise
-    except ValueError as e:
+    except UnsupportedVocabularyError as e:
         if stream:
             print(f"note: no tokenizer written: {e}", file=stream)
         return

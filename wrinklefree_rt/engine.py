@@ -27,7 +27,7 @@ from .params import DiffusionParams, EngineConfig, SamplingParams, validate
 from .scheduler import Scheduler
 from .sequence import Sequence
 from .stream import RequestStream
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from ._core import BitNetBatchEngine
@@ -68,23 +68,22 @@ class Engine:
         self._intake = RequestIntake(model_config, tokenizer, self.config, core.pages_total * core.page_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **config: Any) -> "Engine":
+    def from_pretrained(cls, path: str | Path, *, progress=None, **config: Any) -> "Engine":
         """Load a model (HF safetensors directory, ``wrinklefree-rt convert`` output, GGUF file)
-        and the ``tokenizer.json`` in its folder when present."""
+        and its tokenizer (``tokenizer.json`` in its folder, else a GGUF's own vocabulary).
+        ``progress``: see ``formats.load_model_dir`` (the CLI passes a tqdm bar)."""
         from ._core import BitNetBatchEngine, release_free_heap
         from .formats import load_model_dir
 
         cfg = validate(config, EngineConfig, "engine config")
-        model_config, tensors = load_model_dir(path)
+        model_config, tensors = load_model_dir(path, cfg.i2s_layout, progress)
         pages = -(-cfg.kv_cache_tokens // cfg.page_size) if cfg.kv_cache_tokens else 0
         core = BitNetBatchEngine(model_config, tensors, num_threads=cfg.num_threads,
                                  max_slots=cfg.max_num_seqs, kv_pages=pages,
                                  page_size=cfg.page_size, lm_head=cfg.lm_head, isa=cfg.isa)
         del tensors  # the core holds what it still uses; the staging copies can go
         release_free_heap()
-        folder = Path(path) if Path(path).is_dir() else Path(path).parent  # a GGUF / .wfrt file's folder
-        tokenizer = (Tokenizer.from_dir(folder, cfg.chat_template)
-                     if (folder / "tokenizer.json").is_file() else None)
+        tokenizer = load_tokenizer(path, cfg.chat_template)
         return cls(core, model_config, tokenizer, cfg)
 
     # ----- lifecycle ------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-__all__ = ["Tokenizer", "IncrementalDetokenizer", "TextStream", "ChatFormat"]
+from .chat_template import ChatTemplate
+
+__all__ = ["Tokenizer", "IncrementalDetokenizer", "TextStream", "ChatFormat", "load_tokenizer"]
 
 ChatFormat = Literal["bitnet", "llama3"]
 
@@ -15,6 +19,8 @@ ChatFormat = Literal["bitnet", "llama3"]
 # LLaDA); used only when neither the request nor the model config names a mask id.
 _MASK_TOKEN_NAMES = ("|<MASK>|", "<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
 _ROLES = ("system", "user", "assistant", "tool")
+# tokenizer_config.json keys handed to a chat template as variables (transformers' special_tokens_map)
+_TEMPLATE_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 class Tokenizer:
@@ -22,6 +28,9 @@ class Tokenizer:
 
     Prompts given as text get the tokenizer's own special tokens (BOS for Llama-3); chat
     messages are rendered to text that already starts with BOS and encoded without adding more.
+    ``chat_format`` ``"auto"`` renders the checkpoint's own template (``chat_template`` in the
+    config) when it has one, else a built-in format picked from the vocabulary; ``"bitnet"`` /
+    ``"llama3"`` force a built-in format.
     """
 
     def __init__(self, tokenizer: _HFTokenizer, config: dict | None = None,
@@ -36,8 +45,10 @@ class Tokenizer:
         if self.mask_token_id is None:
             self.mask_token_id = next((t for t in map(self.token_id, _MASK_TOKEN_NAMES) if t is not None),
                                       None)
-        self.chat_format: ChatFormat = (_detect_chat_format(config.get("chat_template"))
-                                        if chat_format == "auto" else chat_format)
+        source = _template_source(config.get("chat_template"))
+        self.chat_format: ChatFormat = (_detect_chat_format(source) if chat_format == "auto" else chat_format)
+        specials = {k: t for k in _TEMPLATE_TOKENS if (t := _token_text(config.get(k))) is not None}
+        self.chat_template = ChatTemplate(source, specials) if source and chat_format == "auto" else None
 
     @classmethod
     def from_dir(cls, path: str | Path, chat_format: ChatFormat | Literal["auto"] = "auto") -> "Tokenizer":
@@ -54,7 +65,19 @@ class Tokenizer:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise ValueError(f"{config_path}: cannot read tokenizer config: {e}") from None
+        jinja = file.parent / "chat_template.jinja"  # where transformers 5 saves the template
+        if jinja.is_file() and not config.get("chat_template"):
+            config["chat_template"] = jinja.read_text(encoding="utf-8")
         return cls(tok, config, chat_format)
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, chat_format: ChatFormat | Literal["auto"] = "auto") -> "Tokenizer":
+        """The tokenizer a GGUF's metadata describes (``formats.gguf_vocab``); raises
+        ``UnsupportedVocabularyError`` naming a vocabulary type it cannot rebuild."""
+        from .formats.gguf_vocab import gguf_tokenizer_files
+        files = gguf_tokenizer_files(path)
+        tok = _HFTokenizer.from_str(json.dumps(files["tokenizer.json"]))
+        return cls(tok, files["tokenizer_config.json"], chat_format)
 
     def token_id(self, text: str | None) -> int | None:
         return None if text is None else self._tok.token_to_id(text)
@@ -66,21 +89,21 @@ class Tokenizer:
         return self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        """Render ``[{"role": ..., "content": ...}, ...]`` in the model's chat format.
+        """Render ``[{"role": ..., "content": ...}, ...]`` with the checkpoint's template, or in
+        the built-in chat format when it has none:
 
         bitnet (BitNet b1.58 2B-4T): ``<BOS>User: hi<|eot_id|>Assistant: ``.
         llama3: ``<BOS><|start_header_id|>user<|end_header_id|>\\n\\nhi<|eot_id|>...``.
+
+        Raises ``ValueError`` for malformed messages and ``ChatTemplateError`` (a ``ValueError``)
+        when the template fails to render or calls ``raise_exception``.
         """
+        _check_messages(messages)
+        if self.chat_template is not None:
+            return self.chat_template.render(messages, add_generation_prompt)
         parts = [self.bos_token]
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise ValueError(f"messages[{i}]: expected a dict with 'role' and 'content', "
-                                 f"got {type(message).__name__}")
-            role, content = message.get("role"), message.get("content")
-            if role not in _ROLES:
-                raise ValueError(f"messages[{i}].role: {role!r} is not one of {list(_ROLES)}")
-            if not isinstance(content, str):
-                raise ValueError(f"messages[{i}].content: expected str, got {type(content).__name__}")
+        for message in messages:
+            role, content = message["role"], message["content"]
             if self.chat_format == "llama3":
                 parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>")
             else:
@@ -91,11 +114,50 @@ class Tokenizer:
         return "".join(parts)
 
 
+def _check_messages(messages: Sequence[dict]) -> None:
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{i}]: expected a dict with 'role' and 'content', "
+                             f"got {type(message).__name__}")
+        role, content = message.get("role"), message.get("content")
+        if role not in _ROLES:
+            raise ValueError(f"messages[{i}].role: {role!r} is not one of {list(_ROLES)}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content: expected str, got {type(content).__name__}")
+
+
 def _token_text(value) -> str | None:
     # tokenizer_config.json spells special tokens as a string or as an AddedToken dict.
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _template_source(value) -> str | None:
+    # tokenizer_config.json holds one template, or a list of {"name", "template"} (the "default" one is used)
+    if isinstance(value, list):
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    return value if isinstance(value, str) and value else None
+
+
+def load_tokenizer(path: str | os.PathLike, chat_format: ChatFormat | Literal["auto"] = "auto") -> "Tokenizer | None":
+    """The tokenizer that goes with a model path: ``tokenizer.json`` in its folder, else the
+    vocabulary of a GGUF file (or of the one GGUF a directory holds), else None. A GGUF whose
+    vocabulary cannot be rebuilt gives None and a warning naming the vocabulary type."""
+    from .formats import single_file_format
+    from .formats.gguf_vocab import UnsupportedVocabularyError
+
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    if (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_dir(folder, chat_format)
+    ggufs = [p] if p.is_file() else sorted(p.glob("*.gguf"))
+    if len(ggufs) == 1 and single_file_format(ggufs[0]) == "gguf":
+        try:
+            return Tokenizer.from_gguf(ggufs[0], chat_format)
+        except UnsupportedVocabularyError as e:
+            warnings.warn(f"{ggufs[0]}: no tokenizer: {e}; the model takes token ids only", stacklevel=2)
+    return None
 
 
 def _detect_chat_format(template) -> ChatFormat:

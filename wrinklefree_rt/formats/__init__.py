@@ -3,12 +3,12 @@ docs/architecture.md; ``open_model`` / ``load_model_dir`` pick the loader."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..config import ModelConfig, load_config
 from ..errors import ModelFormatError
-from .canonical import Tensor
+from .canonical import Tensor, canonical_names
 from .gguf import GGUF_MAGIC, load_gguf
 from .hf import iter_canonical, tensors_from_state_dict
 from .packed import MAGIC as PACKED_MAGIC
@@ -50,9 +50,10 @@ def _model_file(p: Path) -> Path | None:
     return ggufs[0] if ggufs else None
 
 
-def open_model(path: str | os.PathLike) -> tuple[ModelConfig, Iterable[tuple[str, Tensor]]]:
+def open_model(path: str | os.PathLike, i2s_layout: str = "x86") -> tuple[ModelConfig, Iterable[tuple[str, Tensor]]]:
     """The config and the canonical ``(name, tensor)`` pairs of any checkpoint this runtime
-    reads; for HF directories the pairs are produced lazily, one tensor at a time."""
+    reads; for HF directories the pairs are produced lazily, one tensor at a time.
+    ``i2s_layout`` names the block layout of bitnet.cpp I2_S tensors (``"x86"`` or ``"arm"``)."""
     p = Path(path)
     if p.is_dir():
         single = _model_file(p)
@@ -65,16 +66,23 @@ def open_model(path: str | os.PathLike) -> tuple[ModelConfig, Iterable[tuple[str
         fmt = single_file_format(p)
         if fmt is None:
             raise ModelFormatError(str(p), None, "not a model directory, nor a .wfrt, GGUF or SGLBITNT file")
-        cfg, tensors = _SINGLE_FILE_FORMATS[fmt][1](p)
+        loader = _SINGLE_FILE_FORMATS[fmt][1]
+        cfg, tensors = load_gguf(p, i2s_layout) if loader is load_gguf else loader(p)
         return cfg, tensors.items()
     raise ModelFormatError(str(p), None, "no such file or directory")
 
 
-def load_model_dir(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
+def load_model_dir(path: str | os.PathLike, i2s_layout: str = "x86",
+                   progress: Callable[[Iterable, int], Iterable] | None = None
+                   ) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Load a model from a HF directory (``config.json`` + safetensors, online or offline), a
     directory written by ``wrinklefree-rt convert`` (holding ``model.wfrt``), a ``.wfrt`` file,
-    a BitNet GGUF file (or a directory holding one, without config.json), or a WrinkleFree
-    ``SGLBITNT`` ``.bin`` file. Raises
-    ``ModelFormatError`` naming the file, tensor and problem."""
-    cfg, tensors = open_model(path)
+    a BitNet GGUF file (or a directory holding one, without config.json; bitnet.cpp's I2_S in
+    the ``i2s_layout`` its writer used), or a WrinkleFree ``SGLBITNT`` ``.bin`` file. Raises
+    ``ModelFormatError`` naming the file, tensor and problem. ``progress(pairs, total)`` may
+    wrap the ``(name, tensor)`` pairs as they are read (a tqdm bar: an HF checkpoint is
+    quantized here, one tensor at a time)."""
+    cfg, tensors = open_model(path, i2s_layout)
+    if progress is not None:
+        tensors = progress(tensors, len(canonical_names(cfg)))
     return cfg, dict(tensors)

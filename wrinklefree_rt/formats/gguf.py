@@ -6,8 +6,9 @@ optional extra: ``pip install wrinklefree_rt[gguf]``). A BitNet weight is ``q * 
 scale per tensor, so after dequantizing every non-zero element must have the same magnitude
 ``s``; a tensor where they differ is not a BitNet weight and is refused rather than
 re-quantized. An optional per-tensor ``*.scale`` (llama.cpp's ``wq_scale`` and friends)
-multiplies ``s``. bitnet.cpp's I2_S is refused with a clear error: its type id is not a ggml
-one and its block layout differs between the x86 and ARM builds that write it.
+multiplies ``s``. bitnet.cpp's I2_S (type id 36, not a ggml one) is read by ``i2s.py`` in the
+block layout the caller names (``i2s_layout``: x86 by default, or arm): nothing in the file
+records which build wrote it.
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from ..config import ModelConfig, parse_config
 from ..errors import ModelFormatError
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .gguf_file import GGUFFile, GGUFTensorInfo
+from .i2s import I2S_LAYOUTS, I2S_TYPE, read_i2s
 from .safetensors import bf16_to_f32
 from .ternary import TernaryWeight
 
-__all__ = ["load_gguf", "GGUF_MAGIC", "gguf_tokenizer_files", "GGUF_ARCHES"]
+__all__ = ["load_gguf", "gguf_config", "GGUF_MAGIC", "GGUF_ARCHES"]
 
 GGUF_MAGIC = b"GGUF"
 GGUF_ARCHES = ("bitnet", "bitnet-b1.58", "bitnet-25")
@@ -69,8 +71,9 @@ def _read_tensor(f: GGUFFile, info: GGUFTensorInfo) -> np.ndarray:
     try:
         qtype = gguf.GGMLQuantizationType(info.ggml_type)
     except ValueError:
-        raise ModelFormatError(f.path, info.name, f"ggml type {info.ggml_type} is unknown (bitnet.cpp's I2_S "
-                                                  "and other fork-only types are not supported)") from None
+        raise ModelFormatError(f.path, info.name, f"ggml type {info.ggml_type} is unknown (fork-only types "
+                                                  f"other than bitnet.cpp's I2_S ({I2S_TYPE}) are not "
+                                                  "supported)") from None
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     if info.shape[-1] % block:
         raise ModelFormatError(f.path, info.name, f"row of {info.shape[-1]} is not a multiple of the "
@@ -144,16 +147,24 @@ def _ternary(path: str, name: str, x: np.ndarray, extra_scale: float) -> tuple[n
     return np.sign(x).astype(np.int8), scale
 
 
-def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Open a BitNet GGUF file and return the canonical tensors (ternary ones as int8 codes)."""
-    f = GGUFFile(path)
-    path = f.path
+def gguf_config(f: GGUFFile) -> ModelConfig:
+    """The model config a BitNet GGUF's metadata describes (no tensor data is read)."""
     arch = f.fields.get("general.architecture")
     if arch not in GGUF_ARCHES:
-        raise ModelFormatError(path, None, f"general.architecture {arch!r} is not a BitNet one {GGUF_ARCHES}")
+        raise ModelFormatError(f.path, None, f"general.architecture {arch!r} is not a BitNet one {GGUF_ARCHES}")
     embd = f.tensors.get("token_embd.weight")
-    cfg = _config(path, f.fields, arch, "output.weight" in f.tensors,
-                  embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0)
+    return _config(f.path, f.fields, arch, "output.weight" in f.tensors,
+                   embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0)
+
+
+def load_gguf(path: str | os.PathLike, i2s_layout: str = "x86") -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Open a BitNet GGUF file and return the canonical tensors (ternary ones as int8 codes).
+    ``i2s_layout`` (``"x86"`` or ``"arm"``) says which bitnet.cpp build wrote its I2_S tensors."""
+    if i2s_layout not in I2S_LAYOUTS:
+        raise ValueError(f"i2s_layout {i2s_layout!r}: one of {list(I2S_LAYOUTS)}")
+    f = GGUFFile(path)
+    path = f.path
+    cfg = gguf_config(f)
 
     def tensor(name: str, shape: tuple[int, ...] | None) -> np.ndarray:
         info = f.tensors.get(name)
@@ -176,80 +187,13 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
                 if sc.size != 1:
                     raise ModelFormatError(path, base + ".scale", f"{sc.size} values, expected one")
                 extra = float(sc.reshape(()))
-            codes, s = _ternary(path, base + ".weight", tensor(base + ".weight", shape), extra)
+            info = f.tensors.get(base + ".weight")
+            if info is not None and info.ggml_type == I2S_TYPE and info.shape == shape:
+                codes, s = read_i2s(f, info, i2s_layout)
+                s = float(np.float32(s) * np.float32(extra))
+            else:
+                codes, s = _ternary(path, base + ".weight", tensor(base + ".weight", shape), extra)
             out[canon] = TernaryWeight(codes, s, shape)
         else:
             out[canon] = tensor(base + ".weight", shape)
     return cfg, out
-
-
-# The pre-tokenizer regexes of the BPE vocabularies we can rebuild exactly, by the name GGUF
-# stores in tokenizer.ggml.pre (llama.cpp's names), and whether BPE merges are skipped for
-# words already in the vocabulary (llama.cpp does so for Llama 3).
-_PRE_TOKENIZERS = {
-    "llama-bpe": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+", True),
-    "gpt-2": (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", False),
-}
-_TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
-
-
-def gguf_tokenizer_files(path: str | os.PathLike) -> dict[str, dict]:
-    """Rebuild ``tokenizer.json`` and ``tokenizer_config.json`` (HF ``tokenizers`` format) from
-    a GGUF's byte-level BPE vocabulary (``tokenizer.ggml.model`` gpt2, pre-tokenizer llama-bpe or
-    gpt-2). Control tokens become special added tokens, user-defined ones plain added tokens.
-    Raises ``ValueError`` for a vocabulary it cannot rebuild exactly (SentencePiece, other
-    pre-tokenizers): better no tokenizer than a wrong one."""
-    f = GGUFFile(path)
-    path, fields = f.path, f.fields
-    model = fields.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ValueError(f"tokenizer.ggml.model {model!r}: only byte-level BPE ('gpt2') vocabularies are rebuilt")
-    pre = fields.get("tokenizer.ggml.pre", "gpt-2")
-    pre = "gpt-2" if pre == "default" else pre
-    if pre not in _PRE_TOKENIZERS:
-        raise ValueError(f"tokenizer.ggml.pre {pre!r}: unknown pre-tokenizer (known: {sorted(_PRE_TOKENIZERS)})")
-    regex, ignore_merges = _PRE_TOKENIZERS[pre]
-    tokens = fields.get("tokenizer.ggml.tokens") or []
-    types = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = fields.get("tokenizer.ggml.merges") or []
-    if len(types) != len(tokens):
-        raise ModelFormatError(path, None, f"{len(tokens)} tokens but {len(types)} token types")
-
-    vocab, added = {}, []
-    for i, (text, kind) in enumerate(zip(tokens, types)):
-        if kind in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED):
-            added.append({"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": kind != _TOKEN_CONTROL, "special": kind == _TOKEN_CONTROL})
-        else:
-            vocab[text] = i
-    bos, eos = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.eos_token_id")
-    add_bos = fields.get("tokenizer.ggml.add_bos_token", bos is not None)
-    post = [{"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}]
-    if add_bos and bos is not None:
-        b = {"SpecialToken": {"id": tokens[bos], "type_id": 0}}
-        post.append({"type": "TemplateProcessing",
-                     "single": [b, {"Sequence": {"id": "A", "type_id": 0}}],
-                     "pair": [b, {"Sequence": {"id": "A", "type_id": 0}},
-                              {"SpecialToken": {"id": tokens[bos], "type_id": 1}},
-                              {"Sequence": {"id": "B", "type_id": 1}}],
-                     "special_tokens": {tokens[bos]: {"id": tokens[bos], "ids": [bos], "tokens": [tokens[bos]]}}})
-    tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "post_processor": {"type": "Sequence", "processors": post},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
-    }
-    config = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    for key, tid in (("bos_token", bos), ("eos_token", eos)):
-        if tid is not None and 0 <= tid < len(tokens):
-            config[key] = tokens[tid]
-    template = fields.get("tokenizer.chat_template")
-    if template:
-        config["chat_template"] = template
-    return {"tokenizer.json": tokenizer, "tokenizer_config.json": config}

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelFormatError
+from .binary import BinaryReader
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .ternary import TernaryWeight
 
@@ -183,24 +184,20 @@ def load_packed(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]
     Refuses (``ModelFormatError``) a wrong magic, format version or kernel layout version, a
     header whose checksum fails, and any tensor that is missing, misshaped or outside the file.
     """
-    path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            prefix = f.read(_PREFIX.size)
-            if len(prefix) < _PREFIX.size:
-                raise ModelFormatError(path, None, f"truncated: {size} bytes, no header")
-            magic, version, layout, hlen = _PREFIX.unpack(prefix)
-            if magic != MAGIC:
-                raise ModelFormatError(path, None, f"bad magic {magic!r}: not a wrinklefree_rt packed file")
-            if version != FORMAT_VERSION:
-                raise ModelFormatError(path, None, f"format version {version}, this build reads {FORMAT_VERSION}")
-            if _PREFIX.size + hlen + _CRC.size > size:
-                raise ModelFormatError(path, None, f"truncated: header of {hlen} bytes, file of {size}")
-            header = f.read(hlen)
-            (crc,) = _CRC.unpack(f.read(_CRC.size))
-    except OSError as e:
-        raise ModelFormatError(path, None, f"cannot read: {e.strerror or e}") from None
+    r = BinaryReader(path)
+    path, size = r.path, r.size
+    if size < _PREFIX.size:
+        raise ModelFormatError(path, None, f"truncated: {size} bytes, no header")
+    prefix = r.take(_PREFIX.size, "prefix").tobytes()
+    magic, version, layout, hlen = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise ModelFormatError(path, None, f"bad magic {magic!r}: not a wrinklefree_rt packed file")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(path, None, f"format version {version}, this build reads {FORMAT_VERSION}")
+    if _PREFIX.size + hlen + _CRC.size > size:
+        raise ModelFormatError(path, None, f"truncated: header of {hlen} bytes, file of {size}")
+    header = r.take(hlen, "header").tobytes()
+    crc = r.scalar(_CRC.format, "header checksum")
     if zlib.crc32(prefix + header) != crc:
         raise ModelFormatError(path, None, "header checksum mismatch (corrupted file)")
     want_layout = _core().ternary_layout_version()
@@ -213,13 +210,12 @@ def load_packed(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]
         raise ModelFormatError(path, None, f"bad header: {e}") from None
     cfg = h.config
     cfg.validate(path)
-    return cfg, _map_tensors(path, size, cfg, h.tensors, _PREFIX.size + hlen + _CRC.size)
+    return cfg, _map_tensors(r, cfg, h.tensors, r.pos)
 
 
-def _map_tensors(path: str, size: int, cfg: ModelConfig, entries: list[_Entry],
-                 data_start: int) -> dict[str, Tensor]:
+def _map_tensors(r: BinaryReader, cfg: ModelConfig, entries: list[_Entry], data_start: int) -> dict[str, Tensor]:
+    path, size = r.path, r.size
     plan = _plan(cfg, _core())
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
     out: dict[str, Tensor] = {}
     for e in entries:
         def bad(problem: str) -> ModelFormatError:
@@ -239,7 +235,7 @@ def _map_tensors(path: str, size: int, cfg: ModelConfig, entries: list[_Entry],
         if e.offset % _ALIGN or e.offset < data_start or e.offset + nbytes > size:
             raise bad(f"data at [{e.offset}, {e.offset + nbytes}) is misaligned or outside the "
                       f"data of a {size}-byte file (truncated?)")
-        view = mm[e.offset:e.offset + nbytes].view(_NP[e.dtype])
+        view = r.view(e.offset, nbytes, "data", e.name).view(_NP[e.dtype])
         if kind == "ternary":
             if e.scale is None or not math.isfinite(e.scale) or e.scale <= 0:
                 raise bad(f"scale {e.scale} must be finite and positive")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFormatError
+from .binary import BinaryReader
 
 __all__ = ["SafetensorsFile", "ShardedSafetensors", "open_safetensors_dir"]
 
@@ -37,32 +38,25 @@ class SafetensorsFile(Mapping):
     """One ``.safetensors`` file as a read-only mapping name -> numpy array."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
+        r = self._r = BinaryReader(path)
+        self.path = r.path
+        if r.size < 8:
+            raise ModelFormatError(self.path, None, f"truncated: {r.size} bytes, no header length")
+        n = r.scalar("<Q", "header length")
+        if n > _MAX_HEADER or 8 + n > r.size:
+            raise ModelFormatError(self.path, None,
+                                   f"truncated or corrupt: header length {n} but file has {r.size} bytes")
         try:
-            size = os.path.getsize(self.path)
-        except OSError as e:
-            raise ModelFormatError(self.path, None, f"cannot open: {e.strerror or e}") from None
-        if size < 8:
-            raise ModelFormatError(self.path, None, f"truncated: {size} bytes, no header length")
-        with open(self.path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n > _MAX_HEADER or 8 + n > size:
-                raise ModelFormatError(self.path, None,
-                                       f"truncated or corrupt: header length {n} but file has {size} bytes")
-            header_bytes = f.read(n)
-        try:
-            header = json.loads(header_bytes)
+            header = json.loads(r.take(n, "header").tobytes())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelFormatError(self.path, None, f"bad header JSON: {e}") from None
         if not isinstance(header, dict):
             raise ModelFormatError(self.path, None, "bad header JSON: not an object")
         self.metadata = header.pop("__metadata__", None) or {}
-        data_start, data_len = 8 + n, size - 8 - n
+        self._data_start = r.pos
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
-            self._entries[name] = self._check_entry(name, entry, data_len)
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        self._data_start = data_start
+            self._entries[name] = self._check_entry(name, entry, r.size - r.pos)
 
     def _check_entry(self, name: str, entry: object, data_len: int):
         def bad(problem: str) -> ModelFormatError:
@@ -96,7 +90,7 @@ class SafetensorsFile(Mapping):
 
     def __getitem__(self, name: str) -> np.ndarray:
         dtype, shape, begin, end = self._entries[name]
-        raw = self._map[self._data_start + begin:self._data_start + end].view(_DTYPES[dtype]).reshape(shape)
+        raw = self._r.view(self._data_start + begin, end - begin, "data", name).view(_DTYPES[dtype]).reshape(shape)
         return bf16_to_f32(raw) if dtype == "BF16" else raw
 
     def __iter__(self) -> Iterator[str]:
@@ -138,6 +132,12 @@ class ShardedSafetensors(Mapping):
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self._where[name][name]
+
+    def dtype(self, name: str) -> str:
+        return self._where[name].dtype(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].shape(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)

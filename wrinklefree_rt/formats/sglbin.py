@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 
 import numpy as np
 
 from ..config import ModelConfig, parse_config
 from ..errors import ModelFormatError
+from .binary import BinaryReader
 from .canonical import LINEAR_NAMES, Tensor, canonical_names
 from .hf import TensorSource, hf_name
 from .safetensors import bf16_to_f32
@@ -51,56 +51,30 @@ def unpack_sgl_rows(packed: np.ndarray) -> np.ndarray:
     return u.reshape(rows, nbytes * 4)
 
 
-class _Reader:
-    """Bounds-checked little-endian reads from the mapped file."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.buf = np.memmap(path, dtype=np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)
-        self.pos = 0
-
-    def take(self, n: int, what: str, tensor: str | None = None) -> np.ndarray:
-        if n < 0 or self.pos + n > len(self.buf):
-            raise ModelFormatError(self.path, tensor, f"truncated: {what} needs {n} bytes at offset "
-                                                      f"{self.pos}, the file has {len(self.buf)}")
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u32(self, what: str, tensor: str | None = None) -> int:
-        return struct.unpack("<I", self.take(4, what, tensor).tobytes())[0]
-
-    def peek(self, fmt: str, at: int) -> int | None:
-        size = struct.calcsize(fmt)
-        if at + size > len(self.buf):
-            return None
-        return struct.unpack(fmt, self.buf[at:at + size].tobytes())[0]
-
-
-def _entries(r: _Reader) -> dict[str, tuple[int, tuple[int, ...], float | None, np.ndarray]]:
-    count = r.u32("tensor count")
+def _entries(r: BinaryReader) -> dict[str, tuple[int, tuple[int, ...], float | None, np.ndarray]]:
+    count = r.scalar("<I", "tensor count")
     scale_when_unflagged: bool | None = None  # which writer: decided at the first unscaled tensor
     out = {}
     for i in range(count):
-        n = r.u32(f"name length of tensor #{i}")
+        n = r.scalar("<I", f"name length of tensor #{i}")
         try:
             name = r.take(n, f"name of tensor #{i}").tobytes().decode("utf-8")
         except UnicodeDecodeError:
             raise ModelFormatError(r.path, None, f"name of tensor #{i} is not UTF-8") from None
-        dtype = r.u32("dtype", name)
+        dtype = r.scalar("<I", "dtype", name)
         if dtype not in _DTYPES:
             raise ModelFormatError(r.path, name, f"unknown dtype code {dtype} (0 u8, 1 f32, 2 f16, 3 bf16)")
-        ndim = r.u32("ndim", name)
+        ndim = r.scalar("<I", "ndim", name)
         if not 1 <= ndim <= _MAX_NDIM:
             raise ModelFormatError(r.path, name, f"{ndim} dimensions")
-        dims = tuple(r.u32("dims", name) for _ in range(ndim))
+        dims = tuple(r.scalar("<I", "dims", name) for _ in range(ndim))
         expected = math.prod(dims) * _DTYPES[dtype].itemsize
-        flag = r.u32("scale flag", name)
+        flag = r.scalar("<I", "scale flag", name)
         if flag not in (0, 1):
             raise ModelFormatError(r.path, name, f"scale flag {flag} (0 or 1)")
         scale = None
         if flag == 1:
-            scale = struct.unpack("<f", r.take(4, "scale", name).tobytes())[0]
+            scale = r.scalar("<f", "scale", name)
         else:
             without = r.peek("<Q", r.pos) == expected
             with_scale = r.peek("<Q", r.pos + 4) == expected
@@ -114,7 +88,7 @@ def _entries(r: _Reader) -> dict[str, tuple[int, tuple[int, ...], float | None, 
                 raise ModelFormatError(r.path, name, f"data size is not the {expected} bytes its dims need")
             if scale_when_unflagged:
                 r.take(4, "unflagged scale", name)
-        size = struct.unpack("<Q", r.take(8, "data size", name).tobytes())[0]
+        size = r.scalar("<Q", "data size", name)
         if size != expected:
             raise ModelFormatError(r.path, name, f"{size} data bytes, dims {dims} need {expected}")
         data = r.take(size, "data", name).view(_DTYPES[dtype]).reshape(dims)
@@ -130,17 +104,14 @@ def load_sglbin(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]
     A tied model's optional 2-bit ``lm_head.weight`` (the converter's ``--pack-lm-head`` speed
     trick, a lossy copy of the embeddings) is ignored: the head is the embeddings themselves.
     """
-    path = os.fspath(path)
-    try:
-        r = _Reader(path)
-    except OSError as e:
-        raise ModelFormatError(path, None, f"cannot open: {e.strerror or e}") from None
+    r = BinaryReader(path)
+    path = r.path
     if r.take(len(MAGIC), "magic").tobytes() != MAGIC:
         raise ModelFormatError(path, None, "bad magic: not a SGLBITNT file")
-    version = r.u32("version")
+    version = r.scalar("<I", "version")
     if version != 1:
         raise ModelFormatError(path, None, f"version {version}, only 1 is known")
-    raw_cfg = r.take(r.u32("config length"), "config JSON").tobytes()
+    raw_cfg = r.take(r.scalar("<I", "config length"), "config JSON").tobytes()
     try:
         cfg_dict = json.loads(raw_cfg)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
