@@ -26,6 +26,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int num_threads, max_slots, kv_pages, page_size
         LmHeadPrecision lm_head
         string isa
+        string ternary_kernel
 
     cdef cppclass TensorView:
         const void* data
@@ -72,6 +73,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int slots_free()
         int num_threads()
         const char* isa()
+        string ternary_plan()
 
     void release_free_heap_cpp "wfrt::release_free_heap"()
 

@@ -1,0 +1,140 @@
+"""Ternary GEMM cost against the number of activation rows, for every kernel variant.
+
+For each kernel table (the CPU's best, and AVX2 forced on AVX-512 machines, as an AVX2-only CPU
+would run) and each 2B-4T projection shape, times the tiles (maddubs/dpbusd, layout v1) and
+every LUT kernel (cpp/kernels/lut.h) at 1, 2, 4, ..., 128 rows, one thread, interleaved (round r
+runs every variant at every row count before round r + 1) and reports medians. Weights rotate
+over copies larger than the L2 caches, so the 1-row figures read them from L3 or DRAM as a
+model's layers do (this machine's L3 may still hold them: see the `weights_bytes` field).
+
+    python -m bench.kernel_curve [--quick] [--tables avx2 ...]
+
+Writes bench/results/kernels-<UTC timestamp>.json (bench.run embeds the same figures).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wrinklefree_rt import _core
+
+from . import hw
+
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
+# (N, K) of the 2B-4T projections: q/o, gate/up, down.
+SHAPES = ((2560, 2560), (6912, 2560), (2560, 6912))
+ROTATION_BYTES = 256 << 20
+
+
+def default_tables() -> list[str]:
+    best = _core.default_kernel_name()
+    names = _core.kernel_names()
+    return [best] + (["avx2"] if best != "avx2" and "avx2" in names else [])
+
+
+def _variants(table: str, N: int, K: int, copies: int, rng) -> dict:
+    """name -> callable(X, M, copy index) for the tiles and each LUT kernel on one random matrix."""
+    codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+    tiles = np.stack([_core.ternary_pack(codes)] * copies)
+    lut = np.stack([_core.lut_pack(codes)] * copies)
+    out = {"tiles": lambda X, c: _core.ternary_gemm(table, tiles[c], N, K, X)}
+    for k in _core.lut_kernel_names(table):
+        out[k] = lambda X, c, k=k: _core.lut_gemm(table, k, lut[c], N, K, X)
+    return out
+
+
+def measure(tables: list[str], rounds: int, shapes=SHAPES) -> dict:
+    rng = np.random.default_rng(0)
+    result: dict = {}
+    for table in tables:
+        for N, K in shapes:
+            copies = max(2, ROTATION_BYTES // _core.ternary_packed_bytes(N, K))
+            variants = _variants(table, N, K, copies, rng)
+            Kp = _core.ternary_padded_k(K)
+            X = np.zeros((max(ROWS), Kp), np.int8)
+            X[:, :K] = rng.integers(-127, 128, (max(ROWS), K))
+            samples = {v: {m: [] for m in ROWS} for v in variants}
+            c = 0
+            for _ in range(rounds):
+                for m in ROWS:
+                    for name, fn in variants.items():
+                        c = (c + 1) % copies
+                        t0 = time.perf_counter()
+                        fn(X[:m], c)
+                        samples[name][m].append(time.perf_counter() - t0)
+            result.setdefault(table, {})[f"{N}x{K}"] = {
+                "weights_bytes": _core.ternary_packed_bytes(N, K) * copies,
+                "samples_s": {v: {str(m): s for m, s in by_m.items()} for v, by_m in samples.items()},
+            }
+    return result
+
+
+def derive(curves: dict) -> dict:
+    """Per table and shape: median seconds and rows/s per variant and row count; the fastest
+    variant per row count; and the fastest 32-row call's cost in 1-row calls."""
+    out: dict = {}
+    for table, shapes in curves.items():
+        for shape, rec in shapes.items():
+            med = {v: {int(m): statistics.median(s) for m, s in by_m.items()} for v, by_m in rec["samples_s"].items()}
+            best = {m: min(med, key=lambda v: med[v][m]) for m in ROWS}
+            out.setdefault(table, {})[shape] = {
+                "median_s": {v: {str(m): t for m, t in d.items()} for v, d in med.items()},
+                "rows_per_s": {v: {str(m): m / t for m, t in d.items()} for v, d in med.items()},
+                "fastest": {str(m): best[m] for m in ROWS},
+                "cost_32_rows_in_1_row_calls": med[best[32]][32] / med[best[1]][1],
+                "cost_32_rows_in_1_row_calls_tiles_only": med["tiles"][32] / med["tiles"][1],
+            }
+    return out
+
+
+def table_text(derived: dict) -> str:
+    lines = []
+    for table, shapes in derived.items():
+        for shape, d in shapes.items():
+            lines.append(f"{table} {shape}: rows/s (median), fastest marked *; 32 rows = "
+                         f"{d['cost_32_rows_in_1_row_calls']:.1f}x one row "
+                         f"(tiles alone {d['cost_32_rows_in_1_row_calls_tiles_only']:.1f}x)")
+            lines.append("  " + f"{'variant':<14}" + "".join(f"{m:>10}" for m in ROWS))
+            for v, by_m in d["rows_per_s"].items():
+                cells = "".join(f"{by_m[str(m)]:>9.0f}{'*' if d['fastest'][str(m)] == v else ' '}" for m in ROWS)
+                lines.append(f"  {v:<14}{cells}")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, tables: list[str] | None = None) -> dict:
+    tables = tables or default_tables()
+    load = [os.getloadavg()]
+    curves = measure(tables, rounds=3 if quick else 9, shapes=SHAPES[:1] if quick else SHAPES)
+    load.append(os.getloadavg())
+    return {"tables": tables, "threads": 1, "loadavg": load, "raw": curves, "derived": derive(curves)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one shape, three rounds")
+    ap.add_argument("--tables", nargs="*", help=f"kernel tables (default: {default_tables()})")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args(argv)
+    report = {"started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(sys.executable).name, "-m", "bench.kernel_curve", *sys.argv[1:]]),
+              "machine": {k: v for k, v in hw.machine().items() if k != "flags"},
+              **run(args.quick, args.tables)}
+    print(table_text(report["derived"]))
+    print(f"load average before/after: {report['loadavg']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"kernels-{stamp}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
