@@ -7,9 +7,14 @@ runs every variant at every row count before round r + 1) and reports medians. W
 over copies larger than the L2 caches, so the 1-row figures read them from L3 or DRAM as a
 model's layers do (this machine's L3 may still hold them: see the `weights_bytes` field).
 
-    python -m bench.kernel_curve [--quick] [--tables avx2 ...]
+With --engine, also the whole forward step of the synthetic 2B-4T model (bench/synth.py) at
+the same row counts, for each kernel table with the tiles alone and with the measured plan
+(`ternary_kernel="tiles"` vs `"auto"`), interleaved step by step: a 32-row step's cost in 1-row
+steps is the figure issue 11 asks about.
 
-Writes bench/results/kernels-<UTC timestamp>.json (bench.run embeds the same figures).
+    python -m bench.kernel_curve [--quick] [--tables avx2 ...] [--engine] [--threads 2]
+
+Writes bench/results/kernels-<UTC timestamp>.json (bench.run embeds the kernel figures).
 """
 from __future__ import annotations
 
@@ -109,6 +114,46 @@ def table_text(derived: dict) -> str:
     return "\n".join(lines)
 
 
+def engine_curve(tables: list[str], threads: int, rounds: int) -> dict:
+    """Forward-step seconds per row count of the 2B-4T synthetic model, per table x plan."""
+    from . import artifacts, synth
+    from .ours import Ours
+    from wrinklefree_rt._core import BitNetBatchEngine
+    from wrinklefree_rt.formats import load_model_dir
+
+    cfg, tensors = load_model_dir(artifacts.wfrt_dir(synth.SHAPES["2b"]))
+    engines = {}
+    for table in tables:
+        for plan in ("tiles", "auto"):
+            eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=8, kv_pages=-(-max(ROWS) // 32) + 1,
+                                    page_size=32, lm_head="int8", isa=table, ternary_kernel=plan)
+            engines[f"{table} {plan}"] = Ours(eng, 0.0)
+    samples = {name: {m: [] for m in ROWS} for name in engines}
+    for name, ours in engines.items():
+        ours.forward(max(ROWS), 1)  # warm-up: buffers, KV pages, the LUT kernels' scratch
+    for _ in range(rounds):
+        for m in ROWS:
+            for name, ours in engines.items():
+                samples[name][m] += ours.forward(m, 1)
+    out = {}
+    for name, by_m in samples.items():
+        med = {m: statistics.median(s) for m, s in by_m.items()}
+        out[name] = {"plan": engines[name].eng.ternary_plan, "samples_s": {str(m): s for m, s in by_m.items()},
+                     "median_step_s": {str(m): t for m, t in med.items()},
+                     "cost_32_rows_in_1_row_steps": med[32] / med[1]}
+    return out
+
+
+def engine_text(curve: dict) -> str:
+    lines = ["forward step of the 2B-4T shape, median ms (cost of 32 rows in 1-row steps)",
+             f"  {'table plan':<18}" + "".join(f"{m:>9}" for m in ROWS) + "   32/1"]
+    for name, d in curve.items():
+        lines.append(f"  {name:<18}" + "".join(f"{d['median_step_s'][str(m)] * 1e3:>9.1f}" for m in ROWS)
+                     + f"  {d['cost_32_rows_in_1_row_steps']:5.1f}x")
+        lines.append(f"    plan: {d['plan']}")
+    return "\n".join(lines)
+
+
 def run(quick: bool = False, tables: list[str] | None = None) -> dict:
     tables = tables or default_tables()
     load = [os.getloadavg()]
@@ -121,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one shape, three rounds")
     ap.add_argument("--tables", nargs="*", help=f"kernel tables (default: {default_tables()})")
+    ap.add_argument("--engine", action="store_true", help="also the 2B-4T forward step, tiles vs measured plan")
+    ap.add_argument("--threads", type=int, default=2, help="engine threads for --engine (default 2)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     report = {"started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -128,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
               "machine": {k: v for k, v in hw.machine().items() if k != "flags"},
               **run(args.quick, args.tables)}
     print(table_text(report["derived"]))
+    if args.engine:
+        report["engine"] = engine_curve(report["tables"], args.threads, rounds=3 if args.quick else 7)
+        report["engine_threads"] = args.threads
+        report["loadavg"].append(os.getloadavg())
+        print(engine_text(report["engine"]))
     print(f"load average before/after: {report['loadavg']}")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

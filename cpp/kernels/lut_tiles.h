@@ -30,15 +30,20 @@ constexpr int lut_rows() {
     return NV >= 8 ? 1 : 8 / NV;
 }
 
-// Groups per table build: the entries of 8 groups (20 KiB for 16 tokens, 41 KiB for 32) stay in
-// L1 while every row passes over them. Measured on Sapphire Rapids against 4, 16 and 32 groups:
-// within noise for 16 and 32 tokens, 8 best for 64.
-constexpr int kLutTableGroups = 8;
+// Groups per table build: the most (a power of two) whose entries fit 42 KiB, so they stay in a
+// 48 KiB L1 while every row passes over them (16 groups at 16 tokens, 8 at 32, 4 at 64).
+// Measured on Sapphire Rapids: 83 KiB tables ran the 64-token kernel at a third of the speed.
+constexpr int lut_table_groups(int tokens) {
+    int g = kLutSlabGroups / 2;
+    while (g > 1 && g * kLutPatterns * tokens * 2 > 42 * 1024) g /= 2;
+    return g;
+}
 
-template <class T, int NV, int SG = kLutTableGroups>
+template <class T, int NV, int SG = lut_table_groups(NV * T::kLanes)>
 struct LutGemm {
     using V = typename T::V;
     static constexpr int TB = NV * T::kLanes;  // tokens per block
+    static_assert(kLutSlabGroups % SG == 0 && kLutSlabGroups / SG >= 2, "a slab takes a first and a last pass");
 
     // xt[k][t] (128 x TB int16) for tokens [m0, m0 + mb) of one slab; lanes past mb are zero.
     static void transpose(const int8_t* X, int ldx, int mb, int k0, int16_t* xt) {
@@ -79,12 +84,14 @@ struct LutGemm {
     }
 
     // Adds, for R rows at a time, the table entries of groups [g0, g0 + SG) of a slab to the rows'
-    // int16 slab sums acc16 (R x TB). Tables of SG groups stay in L1 while every row passes.
-    template <int R>
-    static void lookup(const uint8_t* Ws, const int16_t* table, int n, int g0, int16_t* acc16) {
+    // int16 slab sums acc16 (R x TB). Tables of SG groups stay in L1 while every row passes. The
+    // slab's first pass starts from zero instead of acc16; its last adds the sums, widened, to
+    // the int32 totals acc instead of storing them back.
+    template <int R, bool First, bool Last>
+    static void lookup(const uint8_t* Ws, const int16_t* table, int n, int g0, int16_t* acc16, int32_t* acc) {
         V s[R][NV];
         WFRT_UNROLL for (int r = 0; r < R; ++r)
-            WFRT_UNROLL for (int v = 0; v < NV; ++v) s[r][v] = T::load(acc16 + r * TB + v * T::kLanes);
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) s[r][v] = First ? T::zero() : T::load(acc16 + r * TB + v * T::kLanes);
         const uint8_t* w = Ws + (size_t)n * kLutSlabGroups + g0;
         WFRT_UNROLL for (int j = 0; j < SG; ++j)
             WFRT_UNROLL for (int r = 0; r < R; ++r) {
@@ -97,14 +104,38 @@ struct LutGemm {
                 }
             }
         WFRT_UNROLL for (int r = 0; r < R; ++r)
-            WFRT_UNROLL for (int v = 0; v < NV; ++v) T::store(acc16 + r * TB + v * T::kLanes, s[r][v]);
+            WFRT_UNROLL for (int v = 0; v < NV; ++v) {
+                if constexpr (Last) T::widen_add(acc + r * TB + v * T::kLanes, s[r][v]);
+                else T::store(acc16 + r * TB + v * T::kLanes, s[r][v]);
+            }
     }
+
+    // One pass of SG groups over rows [n0, n1).
+    template <bool First, bool Last>
+    static void pass(const uint8_t* Ws, const int16_t* table, int n0, int n1, int g0, int16_t* acc16, int32_t* acc) {
+        constexpr int R = lut_rows<NV>();
+        int n = n0;
+        for (; n + R <= n1; n += R)
+            lookup<R, First, Last>(Ws, table, n, g0, acc16 + (size_t)(n - n0) * TB, acc + (size_t)(n - n0) * TB);
+        for (; n < n1; ++n)
+            lookup<1, First, Last>(Ws, table, n, g0, acc16 + (size_t)(n - n0) * TB, acc + (size_t)(n - n0) * TB);
+    }
+
+    // Rows per chunk: the chunk's int32 totals and int16 slab sums (6 bytes per row and token)
+    // stay within ~256 KiB of L2; each chunk builds its own tables (a tenth of its lookups or
+    // less at 64 tokens, far less at 16).
+    static constexpr int kChunkRows = (256 * 1024) / (6 * TB);
 
     static void run(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0,
                     int n1) {
+        for (int c0 = n0; c0 < n1; c0 += kChunkRows)
+            run_rows(W, N, K, X, ldx, M, Y, ldy, c0, n1 - c0 < kChunkRows ? n1 : c0 + kChunkRows);
+    }
+
+    static void run_rows(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
+                         int n0, int n1) {
         if (n0 >= n1 || M <= 0) return;
         const int Kp = ternary_padded_k(K), slabs = Kp / kTernaryKBlock, rows = n1 - n0;
-        constexpr int R = lut_rows<NV>();
         LutScratch& sc = lut_scratch();
         int16_t* xt = LutScratch::aligned(sc.xt, (size_t)kTernaryKBlock * TB);
         int16_t* table = LutScratch::aligned(sc.table, (size_t)SG * kLutPatterns * TB);
@@ -117,14 +148,12 @@ struct LutGemm {
             for (int s = 0; s < slabs; ++s) {
                 transpose(Xm, ldx, mb, s * kTernaryKBlock, xt);
                 const uint8_t* Ws = W + (size_t)s * N * kLutSlabGroups;
-                std::memset(acc16, 0, sizeof(int16_t) * rows * TB);
                 for (int g0 = 0; g0 < kLutSlabGroups; g0 += SG) {
                     build(xt + (size_t)g0 * kLutGroup * TB, table);
-                    int n = n0;
-                    for (; n + R <= n1; n += R) lookup<R>(Ws, table, n, g0, acc16 + (size_t)(n - n0) * TB);
-                    for (; n < n1; ++n) lookup<1>(Ws, table, n, g0, acc16 + (size_t)(n - n0) * TB);
+                    if (g0 == 0) pass<true, false>(Ws, table, n0, n1, g0, acc16, acc);
+                    else if (g0 + SG < kLutSlabGroups) pass<false, false>(Ws, table, n0, n1, g0, acc16, acc);
+                    else pass<false, true>(Ws, table, n0, n1, g0, acc16, acc);
                 }
-                for (size_t i = 0; i < (size_t)rows * TB; i += T::kLanes) T::widen_add(acc + i, T::load(acc16 + i));
             }
             // The tables hold sum q x; the contract is sum (q + 1) x.
             for (int t = 0; t < mb; ++t) {
