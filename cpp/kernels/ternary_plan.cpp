@@ -71,18 +71,13 @@ void write_cached(const std::string& key, const TernaryPlan& plan) {
     f << '\n';
 }
 
-// Fastest of three calls (after one warm-up): robust to other processes on a shared machine.
+// Seconds of one call.
 template <class Fn>
-double best_seconds(Fn fn) {
+double seconds(Fn fn) {
     using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
     fn();
-    double best = 1e30;
-    for (int r = 0; r < 3; ++r) {
-        const auto t0 = Clock::now();
-        fn();
-        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    return best;
+    return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 TernaryPlan calibrate(const KernelTable& table, int K) {
@@ -97,14 +92,22 @@ TernaryPlan calibrate(const KernelTable& table, int K) {
     lut_pack(q.data(), N, K, lut.data());
     std::vector<int32_t> Y((size_t)M * N);
     const LutKernelSet set = lut_kernels(table);
+    // Variant 0 is the tiles, i > 0 the LUT kernel i - 1. Per row count each variant's fastest
+    // of five calls, taken in turns (after one warm-up each), so a neighbour's burst on a shared
+    // machine hits all variants alike instead of one.
+    auto call = [&](int v, int rows) {
+        if (v == 0) table.ternary_gemm(tiles.data(), N, K, X.data(), Kp, rows, Y.data(), N, 0, N);
+        else set.kernels[v - 1].gemm(lut.data(), N, K, X.data(), Kp, rows, Y.data(), N, 0, N);
+    };
     TernaryPlan plan;
     for (int b = 0; b < kPlanBuckets; ++b) {
         const int rows = 1 << b;
-        double best = best_seconds([&] { table.ternary_gemm(tiles.data(), N, K, X.data(), Kp, rows, Y.data(), N, 0, N); });
-        for (int i = 0; i < set.count; ++i) {
-            const double s = best_seconds([&] { set.kernels[i].gemm(lut.data(), N, K, X.data(), Kp, rows, Y.data(), N, 0, N); });
-            if (s < best) best = s, plan.lut[b] = &set.kernels[i];
-        }
+        std::vector<double> best(set.count + 1, 1e30);
+        for (int v = 0; v <= set.count; ++v) call(v, rows);
+        for (int rep = 0; rep < 5; ++rep)
+            for (int v = 0; v <= set.count; ++v) best[v] = std::min(best[v], seconds([&] { call(v, rows); }));
+        const int winner = (int)(std::min_element(best.begin(), best.end()) - best.begin());
+        if (winner > 0) plan.lut[b] = &set.kernels[winner - 1];
     }
     return plan;
 }
