@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
     gen = 32 if quick else 128
     prompt_len = 16
     pp_sizes = (128,) if quick else (128, 512)
-    rows_list = (1, 32, 128) if quick else (1, 8, 32, 128, 512)
+    rows_list = (1, 32, 128) if quick else (1, 2, 4, 8, 16, 32, 64, 128, 512)
     fwd_reps = 2 if quick else 5
     qtypes = [] if args.no_peer else (["TQ2_0"] if quick else ["TQ2_0", "TQ1_0"])
     if qtypes and not peer.available():
@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> dict:
 
     ours = _load_ours(wfrt, threads, max_slots=32, kv_tokens=2048 + 16 * 32)
     report["versions"]["wrinklefree_rt_isa"] = ours.eng.isa
+    report["versions"]["wrinklefree_rt_ternary_plan"] = ours.eng.ternary_plan
     systems: dict[str, object] = {}
     for q in qtypes:
         systems[PEER_NAMES[q]] = peer.LlamaPeer(ggufs[q], threads, n_ctx=1024)
@@ -275,6 +276,12 @@ def run(args: argparse.Namespace) -> dict:
     del systems
     ours_path = wfrt
     del ours
+
+    if not args.no_kernel_curves:
+        from . import kernel_curve
+
+        print("ternary kernel variants, rows/s curves...", file=sys.stderr)
+        report["kernel_curves"] = kernel_curve.run(quick)
 
     if not args.no_serving:
         from . import serving
@@ -352,6 +359,8 @@ def derive(report: dict) -> dict:
                             "fraction_of_best_peak": tps * macs / peaks[best_kernel],
                             "roofline_tokens_per_s": roof, "fraction_of_roofline": tps / roof}
     derived["forward"] = fwd_rows
+    if "1" in fwd_rows and "32" in fwd_rows:
+        derived["forward_32_rows_in_1_row_steps"] = fwd_rows["32"]["median_step_s"] / fwd_rows["1"]["median_step_s"]
     return derived
 
 
@@ -409,6 +418,18 @@ def table(report: dict) -> str:
                      f"{_fmt(100 * r['fraction_of_maddubs_peak'], 0)} % | "
                      f"{_fmt(100 * r['fraction_of_best_peak'], 0)} % | {_fmt(100 * r['fraction_of_roofline'], 0)} % | "
                      f"{_fmt(r['median_foreign_cores'], 2)} |")
+    if "forward_32_rows_in_1_row_steps" in d:
+        lines.append("")
+        lines.append(f"A 32-row step costs {d['forward_32_rows_in_1_row_steps']:.1f} one-row steps "
+                     f"(isa {report['versions']['wrinklefree_rt_isa']}, ternary plan "
+                     f"{report['versions'].get('wrinklefree_rt_ternary_plan', 'tiles')}).")
+    if "kernel_curves" in report:
+        from . import kernel_curve
+
+        lines.append("")
+        lines.append("```")
+        lines.append(kernel_curve.table_text(report["kernel_curves"]["derived"]))
+        lines.append("```")
     if "serving" in report:
         from . import serving
 
@@ -434,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
     ap.add_argument("--no-serving", action="store_true", help="skip the DLM/scheduler figures")
+    ap.add_argument("--no-kernel-curves", action="store_true", help="skip the per-variant ternary kernel curves")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for other processes to go quiet")
     ap.add_argument("--nice", type=int, default=0, metavar="N",

@@ -64,9 +64,12 @@ struct BitNetBatchEngine::Impl {
     Impl(const ModelSpec& c, const EngineOptions& o, const std::vector<NamedTensor>& tensors)
         : opt(o),
           kern(&pick_kernels(o.isa)),
+          plan(plan_ternary(*kern, o.ternary_kernel, c.hidden_size)),
           pool(pick_threads(o.num_threads)),
           model(c, o.lm_head, tensors, pool),
-          kv(c.num_layers, c.num_kv_heads * c.head_dim, o.page_size, pick_pages(c, o), o.max_slots) {}
+          kv(c.num_layers, c.num_kv_heads * c.head_dim, o.page_size, pick_pages(c, o), o.max_slots) {
+        if (plan.uses_lut()) model.add_lut_layouts(pool);
+    }
 
     void validate(const StepInput& in);
     void publish_counts() {
@@ -78,6 +81,7 @@ struct BitNetBatchEngine::Impl {
 
     EngineOptions opt;
     const KernelTable* kern;
+    TernaryPlan plan;
     ThreadPool pool;
     Model model;
     KVCache kv;
@@ -206,7 +210,7 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
     const int M = in.n_rows, H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
     const int QD = c.num_heads * c.head_dim, KD = c.num_kv_heads * c.head_dim;
     const int Kmax = ternary_padded_k(std::max({H, I, QD}));
-    const Compute comp{kern, &pool};
+    const Compute comp{kern, &pool, &plan};
     const float eps = c.rms_norm_eps;
 
     // High-water marks as they stand once this step's rows are written.
@@ -363,6 +367,7 @@ int BitNetBatchEngine::page_size() const { return impl_->kv.page_size(); }
 int BitNetBatchEngine::slots_free() const { return impl_->slots_free.load(std::memory_order_relaxed); }
 int BitNetBatchEngine::num_threads() const { return impl_->pool.size(); }
 const char* BitNetBatchEngine::isa() const { return impl_->kern->name; }
+std::string BitNetBatchEngine::ternary_plan() const { return impl_->plan.describe(); }
 
 void release_free_heap() {
 #if defined(__GLIBC__)

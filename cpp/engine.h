@@ -20,6 +20,7 @@ struct EngineOptions {
     int page_size = 32;         // positions per page
     LmHeadPrecision lm_head = LmHeadPrecision::I8;
     std::string isa;            // "": best this CPU runs; else a KernelTable name (tests force "generic")
+    std::string ternary_kernel; // "": WFRT_TERNARY or "auto"; see plan_ternary (kernels/ternary_plan.h)
 };
 
 // What a step computes for an output row. wrinklefree_rt._core.OutMode mirrors these values.
@@ -74,6 +75,8 @@ public:
     int slots_free() const;
     int num_threads() const;
     const char* isa() const;
+    // The ternary kernel per row count, e.g. "1:tiles ... 32:lut32-avx2 ...".
+    std::string ternary_plan() const;
 
 private:
     struct Impl;

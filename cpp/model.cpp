@@ -79,9 +79,9 @@ void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& he
 
 }  // namespace
 
-RowSplit::RowSplit(int n, int threads) : N(n) {
+RowSplit::RowSplit(int n, int threads, int per_thread) : N(n) {
     // About four tasks per thread balance uneven progress without making tasks tiny.
-    int want = std::max(1, threads * 4);
+    int want = std::max(1, threads * per_thread);
     int c = (n + want - 1) / want;
     chunk = std::max(kTernaryNAlign, (c + kTernaryNAlign - 1) / kTernaryNAlign * kTernaryNAlign);
     tasks = (n + chunk - 1) / chunk;
@@ -203,6 +203,17 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
     }
 }
 
+void Model::add_lut_layouts(ThreadPool& pool) {
+    std::vector<TernaryMatrix*> mats;
+    for (LayerWeights& L : layers)
+        for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mats.push_back(W);
+    pool.parallel_for(static_cast<int>(mats.size()), [&](int j, int) {
+        TernaryMatrix& W = *mats[j];
+        W.lut.resize(lut_packed_bytes(W.N, W.K));
+        lut_pack_from_tiles(W.data, W.N, W.K, W.lut.data());
+    });
+}
+
 void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale) {
     for (int n = n0; n < n1; ++n) {
         const float* row = w + static_cast<size_t>(n) * K;
@@ -246,19 +257,23 @@ void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const*
     if (n_mats < 1 || n_mats > kMaxBitlinearMats) throw std::invalid_argument("bitlinear: 1..4 matrices per call");
     int first_task[kMaxBitlinearMats + 1] = {0};
     size_t y_off[kMaxBitlinearMats] = {0};
+    // A LUT kernel builds its activation tables once per call, so it gets one task per thread.
+    const LutKernel* lut = c.plan ? c.plan->for_rows(M) : nullptr;
+    const int per_thread = lut ? 1 : 4;
     for (int i = 0; i < n_mats; ++i) {
-        first_task[i + 1] = first_task[i] + RowSplit(mats[i]->N, c.pool->size()).tasks;
+        first_task[i + 1] = first_task[i] + RowSplit(mats[i]->N, c.pool->size(), per_thread).tasks;
         if (i + 1 < n_mats) y_off[i + 1] = y_off[i] + static_cast<size_t>(M) * mats[i]->N;
     }
     c.pool->parallel_for(first_task[n_mats], [&](int task, int) {
         int i = 0;
         while (task >= first_task[i + 1]) ++i;
         const TernaryMatrix& W = *mats[i];
-        const RowSplit split(W.N, c.pool->size());
+        const RowSplit split(W.N, c.pool->size(), per_thread);
         const int t = task - first_task[i], n0 = split.begin(t), n1 = split.end(t);
         int32_t* yw = y32 + y_off[i];
         float* Y = outs[i];
-        c.k->ternary_gemm(W.data, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        if (lut) lut->gemm(W.lut.data(), W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        else c.k->ternary_gemm(W.data, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
         for (int m = 0; m < M; ++m) {
             const float mul = W.scale / a[m];
             const int32_t s = xsum[m];

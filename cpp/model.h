@@ -7,6 +7,7 @@
 #include "config.h"
 #include "errors.h"
 #include "kernels/ternary.h"
+#include "kernels/ternary_plan.h"
 #include "tensor.h"
 #include "thread_pool.h"
 
@@ -19,6 +20,7 @@ struct TernaryMatrix {
     float scale = 1.0f;
     const uint8_t* data = nullptr;
     std::vector<uint8_t> owned;
+    std::vector<uint8_t> lut;  // the LUT kernels' layout (lut.h), only when the plan uses them
 };
 
 struct LayerWeights {
@@ -51,12 +53,16 @@ struct Model {
     std::vector<LayerWeights> layers;
     LmHead head;
     std::vector<float> inv_freq;    // RoPE, head_dim/2, computed in fp32 like transformers
+
+    // Adds the LUT layout beside every ternary matrix's tiles (on `pool`).
+    void add_lut_layouts(ThreadPool& pool);
 };
 
 // What the math helpers run on: the kernel table and the worker threads.
 struct Compute {
     const KernelTable* k;
     ThreadPool* pool;
+    const TernaryPlan* plan = nullptr;  // null: the table's tiles for every row count
 };
 
 // int8 rows with one scale per row, as the int8 LM head stores them: scale = max|w| / 127
@@ -91,10 +97,11 @@ void rope_row(float* v, int n_heads, int head_dim, const float* cos_sin);
 void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float* out,
                   int8_t* xq, float* a, int32_t* y32);
 
-// Output rows [0, N) split into tasks for the pool, cut at kTernaryNAlign multiples.
+// Output rows [0, N) split into tasks for the pool, cut at kTernaryNAlign multiples, about
+// `per_thread` tasks per thread.
 struct RowSplit {
     int N, chunk, tasks;
-    RowSplit(int n, int threads);
+    RowSplit(int n, int threads, int per_thread = 4);
     int begin(int t) const { return t * chunk; }
     int end(int t) const { return (t + 1) * chunk < N ? (t + 1) * chunk : N; }
 };

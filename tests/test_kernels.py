@@ -60,23 +60,6 @@ def test_ternary_gemm_matches_reference(name, N):
             np.testing.assert_array_equal(got, want, err_msg=f"{name} N={N} K={K} M={M}")
 
 
-@pytest.mark.parametrize("name", SIMD)
-def test_ternary_gemm_row_ranges(name):
-    # Threads hand kernels [n0, n1) cuts anywhere; rows outside must stay untouched.
-    rng = np.random.default_rng(7)
-    N, K, M = 150, 300, 5
-    codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
-    packed = _core.ternary_pack(codes)
-    X = np.zeros((M, _core.ternary_padded_k(K)), np.int8)
-    X[:, :K] = rng.integers(-128, 128, (M, K))
-    want = ternary_reference(codes, X)
-    for n0, n1 in [(0, 64), (64, 150), (5, 6), (17, 149), (33, 33)]:
-        out = np.full((M, N), -7, np.int32)
-        _core.ternary_gemm(name, packed, N, K, X, out=out, n0=n0, n1=n1)
-        np.testing.assert_array_equal(out[:, n0:n1], want[:, n0:n1])
-        assert (out[:, :n0] == -7).all() and (out[:, n1:] == -7).all()
-
-
 def test_ternary_gemm_refuses_short_activations():
     packed = _core.ternary_pack(np.zeros((4, 200), np.int8))
     with pytest.raises(ValueError, match="need 256"):
@@ -277,3 +260,74 @@ def test_sum_squares_matches_reference(name):
         x = (rng.standard_normal(n) * 3).astype(np.float32)
         want = float(np.sum(x.astype(np.float64) ** 2))
         assert _core.sum_squares(name, x) == pytest.approx(want, rel=1e-14, abs=0), f"{name} n={n}"
+
+
+# LUT kernels (cpp/kernels/lut.h): each of every table's ISA, and the scalar twin, against the
+# reference; row counts straddle their 16/32/64-token blocks and the 4-row lookup groups.
+LUT = [(name, k) for name in NAMES for k in _core.lut_kernel_names(name)] + [("generic", "lut-generic")]
+LUT_MS = [1, 2, 5, 15, 16, 17, 31, 33, 64, 65, 70]
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (3, 5), (16, 128), (17, 129), (70, 300)])
+def test_lut_pack_round_trip(N, K):
+    codes = np.random.default_rng(N * 1000 + K).integers(-1, 2, (N, K)).astype(np.int8)
+    packed = _core.lut_pack(codes)
+    assert packed.nbytes == N * _core.ternary_padded_k(K) // 4
+    np.testing.assert_array_equal(_core.lut_unpack(packed, N, K), codes)
+    # The engine builds the LUT layout from the tiles it loaded: same bytes.
+    np.testing.assert_array_equal(_core.lut_pack_from_tiles(_core.ternary_pack(codes), N, K), packed)
+
+
+def test_lut_pack_refuses_bad_codes_sizes_and_names():
+    with pytest.raises(ValueError, match="row 1, column 2"):
+        _core.lut_pack(np.array([[0, 0, 0], [1, -1, 2]], np.int8))
+    with pytest.raises(ValueError, match="expected"):
+        _core.lut_unpack(np.zeros(10, np.uint8), 16, 128)
+    with pytest.raises(ValueError, match="unknown for table"):
+        _core.lut_gemm("generic", "lut99", np.zeros(32, np.uint8), 1, 1, np.zeros((1, 128), np.int8))
+
+
+@pytest.mark.parametrize("name,kernel", LUT)
+@pytest.mark.parametrize("N", [1, 15, 17, 70, 130])
+def test_lut_gemm_matches_reference(name, kernel, N):
+    rng = np.random.default_rng(N + 1)
+    for K in [1, 5, 129, 300, 1000]:
+        codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+        # The extreme the int16 slab sums must hold: row 0 all -1 against activations all -128.
+        codes[0, :] = -1
+        packed = _core.lut_pack(codes)
+        Kp = _core.ternary_padded_k(K)
+        for M in LUT_MS:
+            X = np.zeros((M, Kp + 64), np.int8)
+            X[:, :K] = rng.integers(-128, 128, (M, K))
+            X[0, :K] = -128
+            want = ternary_reference(codes, X)
+            got = _core.lut_gemm(name, kernel, packed, N, K, X)
+            np.testing.assert_array_equal(got, want, err_msg=f"{kernel} N={N} K={K} M={M}")
+
+
+def packed_gemm(name, kernel, codes):
+    """gemm(X, **kw) on `codes` packed for the tiles (kernel None) or for a LUT kernel."""
+    N, K = codes.shape
+    if kernel is None:
+        tiles = _core.ternary_pack(codes)
+        return lambda X, **kw: _core.ternary_gemm(name, tiles, N, K, X, **kw)
+    lut = _core.lut_pack(codes)
+    return lambda X, **kw: _core.lut_gemm(name, kernel, lut, N, K, X, **kw)
+
+
+@pytest.mark.parametrize("name,kernel", [(n, None) for n in SIMD] + LUT)
+def test_ternary_gemm_row_ranges(name, kernel):
+    # Threads hand kernels [n0, n1) cuts anywhere; rows outside must stay untouched.
+    rng = np.random.default_rng(7)
+    N, K, M = 150, 300, 37
+    codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+    gemm = packed_gemm(name, kernel, codes)
+    X = np.zeros((M, _core.ternary_padded_k(K)), np.int8)
+    X[:, :K] = rng.integers(-128, 128, (M, K))
+    want = ternary_reference(codes, X)
+    for n0, n1 in [(0, 64), (64, 150), (5, 6), (17, 149), (33, 33)]:
+        out = np.full((M, N), -7, np.int32)
+        gemm(X, out=out, n0=n0, n1=n1)
+        np.testing.assert_array_equal(out[:, n0:n1], want[:, n0:n1])
+        assert (out[:, :n0] == -7).all() and (out[:, n1:] == -7).all()

@@ -52,6 +52,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int num_threads, max_slots, kv_pages, page_size
         LmHeadPrecision lm_head
         string isa
+        string ternary_kernel
 
     cdef cppclass StepInput:
         int n_rows
@@ -88,6 +89,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int slots_free()
         int num_threads()
         const char* isa()
+        string ternary_plan()
 
     void release_free_heap_cpp "wfrt::release_free_heap"()
 

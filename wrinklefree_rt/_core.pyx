@@ -164,7 +164,7 @@ cdef class BitNetBatchEngine:
         self._eng = NULL
 
     def __init__(self, config, tensors, int num_threads=0, int max_slots=64, int kv_pages=0,
-                 int page_size=32, lm_head="int8", isa=""):
+                 int page_size=32, lm_head="int8", isa="", ternary_kernel=""):
         if self._eng != NULL:
             raise RuntimeError("BitNetBatchEngine is already initialised")
         cdef ModelSpec cfg = _model_spec(config)
@@ -180,6 +180,7 @@ cdef class BitNetBatchEngine:
         else:
             raise ValueError(f"lm_head must be 'int8' or 'fp32', got {lm_head!r}")
         opt.isa = str(isa).encode()
+        opt.ternary_kernel = str(ternary_kernel).encode()
         cdef vector[NamedTensor] named
         cdef NamedTensor nt
         hold, keep = [], []
@@ -318,6 +319,11 @@ cdef class BitNetBatchEngine:
     @property
     def isa(self):
         return self._live().isa().decode()
+
+    @property
+    def ternary_plan(self):
+        """The ternary GEMM per row count ("1:tiles ... 32:lut32-avx2 ..."; ternary_kernel option)."""
+        return self._live().ternary_plan().decode()
 
 
 include "_kernels.pxi"

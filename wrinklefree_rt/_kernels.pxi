@@ -39,6 +39,21 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     _k_vector[const _KTable*] _k_supported "wfrt::supported_kernels"()
     const _KTable* _k_by_name "wfrt::kernels_by_name"(const _k_string& name)
 
+cdef extern from "kernels/lut.h" namespace "wfrt" nogil:
+    cdef struct _KLut "wfrt::LutKernel":
+        const char* name
+        int tokens
+        _KTernaryFn gemm
+    cdef struct _KLutSet "wfrt::LutKernelSet":
+        const _KLut* kernels
+        int count
+    size_t _k_lut_bytes "wfrt::lut_packed_bytes"(int N, int K)
+    void _k_lut_pack "wfrt::lut_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
+    void _k_lut_from_tiles "wfrt::lut_pack_from_tiles"(const _k_u8* tiles, int N, int K, _k_u8* out)
+    void _k_lut_unpack "wfrt::lut_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
+    _KLutSet _k_lut_kernels "wfrt::lut_kernels"(const _KTable& table)
+    const _KLut* _k_lut_by_name "wfrt::lut_kernel_by_name"(const _KTable& table, const char* name)
+
 
 def kernel_names():
     """Names of the kernel tables this CPU runs, generic first."""
@@ -133,25 +148,95 @@ def quantize_row_i8(name, x, K_padded=None):
     return out, scale, s
 
 
+# The kernels' function pointer type, declared outside the extern block (so not in namespace wfrt).
+ctypedef void (*_KGemmFn)(const _k_u8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
+
+
+cdef tuple _k_ternary_io(int N, int K, X, out):
+    """The checked (M, >= padded K) int8 activations and the (M, N) int32 output array."""
+    x = _k_np.ascontiguousarray(X, dtype=_k_np.int8)
+    if x.ndim != 2:
+        raise ValueError(f"activations must be 2-D, got shape {x.shape}")
+    _k_check_dims(M=x.shape[0])
+    if x.shape[1] < _k_padded_k(K):
+        raise ValueError(f"activations have {x.shape[1]} columns, the kernels need {_k_padded_k(K)} (K={K} zero padded)")
+    y = _k_np.zeros((x.shape[0], N), dtype=_k_np.int32) if out is None else out
+    if y.shape != (x.shape[0], N):
+        raise ValueError(f"out has shape {tuple(y.shape)}, expected {(x.shape[0], N)}")
+    return x, y
+
+
+cdef object _k_ternary_call(_KGemmFn fn, const _k_u8[::1] w, int N, int K, X, out, n0, n1):
+    x_arr, y = _k_ternary_io(N, K, X, out)
+    cdef const _k_i8[:, ::1] x = x_arr
+    cdef _k_i32[:, ::1] yv = y
+    cdef int M = x.shape[0], ldx = x.shape[1], a, b
+    a, b = _k_range(N, n0, n1)
+    with nogil:
+        fn(&w[0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
+    return y
+
+
 def ternary_gemm(name, packed, int N, int K, X, out=None, n0=None, n1=None):
     """Y (M, N) int32 = sum_k u[n, k] * X[m, k] with u = code + 1, for rows n in [n0, n1)
     (others are left as they are in `out`, zero when it is not given). X: (M, >= padded K) int8."""
     cdef const _KTable* t = _k_table(name)
+    return _k_ternary_call(t.ternary_gemm, _k_packed(packed, N, K), N, K, X, out, n0, n1)
+
+
+def lut_kernel_names(name):
+    """The LUT kernels of kernel table `name`'s ISA (cpp/kernels/lut.h), narrowest token block first."""
+    cdef _KLutSet s = _k_lut_kernels(_k_table(name)[0])
+    return [s.kernels[i].name.decode() for i in range(s.count)]
+
+
+def lut_pack(codes):
+    """Packs an (N, K) int8 array of codes in {-1, 0, 1} into the LUT kernels' layout (1-D uint8)."""
+    cdef const _k_i8[:, ::1] q = _k_np.ascontiguousarray(codes, dtype=_k_np.int8)
+    cdef int N = q.shape[0], K = q.shape[1]
+    _k_check_dims(N=N, K=K)
+    out = _k_np.empty(_k_lut_bytes(N, K), dtype=_k_np.uint8)
+    cdef _k_u8[::1] o = out
+    _k_lut_pack(&q[0, 0], N, K, &o[0])
+    return out
+
+
+def lut_pack_from_tiles(packed, int N, int K):
+    """The LUT layout of a matrix packed by ternary_pack (what the engine builds at load)."""
     cdef const _k_u8[::1] w = _k_packed(packed, N, K)
-    cdef const _k_i8[:, ::1] x = _k_np.ascontiguousarray(X, dtype=_k_np.int8)
-    cdef int M = x.shape[0], ldx = x.shape[1]
-    _k_check_dims(M=M)
-    if ldx < _k_padded_k(K):
-        raise ValueError(f"activations have {ldx} columns, the kernels need {_k_padded_k(K)} (K={K} zero padded)")
-    y = _k_np.zeros((M, N), dtype=_k_np.int32) if out is None else out
-    cdef _k_i32[:, ::1] yv = y
-    if yv.shape[0] != M or yv.shape[1] != N:
-        raise ValueError(f"out has shape {tuple(y.shape)}, expected {(M, N)}")
-    cdef int a, b
-    a, b = _k_range(N, n0, n1)
-    with nogil:
-        t.ternary_gemm(&w[0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
-    return y
+    out = _k_np.empty(_k_lut_bytes(N, K), dtype=_k_np.uint8)
+    cdef _k_u8[::1] o = out
+    _k_lut_from_tiles(&w[0], N, K, &o[0])
+    return out
+
+
+cdef const _k_u8[::1] _k_lut_packed(packed, int N, int K) except *:
+    _k_check_dims(N=N, K=K)
+    cdef const _k_u8[::1] w = _k_np.ascontiguousarray(packed, dtype=_k_np.uint8).reshape(-1)
+    if <size_t>w.shape[0] != _k_lut_bytes(N, K):
+        raise ValueError(f"LUT-packed ternary weights hold {w.shape[0]} bytes, expected "
+                         f"{_k_lut_bytes(N, K)} for N={N}, K={K}")
+    return w
+
+
+def lut_unpack(packed, int N, int K):
+    """Inverse of lut_pack: the (N, K) int8 codes."""
+    cdef const _k_u8[::1] w = _k_lut_packed(packed, N, K)
+    out = _k_np.empty((N, K), dtype=_k_np.int8)
+    cdef _k_i8[:, ::1] o = out
+    _k_lut_unpack(&w[0], N, K, &o[0, 0])
+    return out
+
+
+def lut_gemm(name, kernel, packed, int N, int K, X, out=None, n0=None, n1=None):
+    """ternary_gemm's result from LUT kernel `kernel` (one of lut_kernel_names(name), or
+    "lut-generic") on weights packed by lut_pack."""
+    cdef const _KTable* t = _k_table(name)
+    cdef const _KLut* k = _k_lut_by_name(t[0], str(kernel).encode())
+    if k == NULL:
+        raise ValueError(f"LUT kernel {kernel!r} is unknown for table {name!r} "
+                         f"(known: {', '.join(lut_kernel_names(name) + ['lut-generic'])})")
+    return _k_ternary_call(k.gemm, _k_lut_packed(packed, N, K), N, K, X, out, n0, n1)
 
 
 def i8_gemm(name, W, X, out=None, n0=None, n1=None):

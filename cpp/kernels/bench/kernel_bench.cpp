@@ -6,7 +6,8 @@
 // Every figure is the fastest single call out of many (robust on shared, noisy machines), and
 // weights rotate over >= 256 MiB of copies so each call reads them from DRAM like a model's
 // layers do. "stream" is a plain AVX2 read of the same bytes with the same thread split, measured
-// in the same rounds: the ceiling a memory-bound GEMV can reach.
+// in the same rounds: the ceiling a memory-bound GEMV can reach. Each table's LUT kernels
+// (lut.h) follow its tiles, on their own layout, in the same rounds.
 // GCC 12's 512-bit casts start from _mm512_undefined_*() and warn.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
@@ -21,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "../lut.h"
 #include "../ternary.h"
 
 using namespace wfrt;
@@ -138,12 +140,31 @@ void bench_ternary(const KernelTable& t, int N, int K, int threads) {
             const uint8_t* w = W.data() + (size_t)c * bytes;
             split_run(N, threads, [&](int n0, int n1) { t.ternary_gemm(w, N, K, X.data(), Kp, M, Y.data(), N, n0, n1); });
         });
+    // Each LUT kernel on its own layout (same bytes per weight), rotated like the tiles.
+    const size_t lut_bytes = lut_packed_bytes(N, K);
+    std::vector<uint8_t> L(lut_bytes * copies);
+    lut_pack(q.data(), N, K, L.data());
+    for (int c = 1; c < copies; ++c) std::memcpy(L.data() + c * lut_bytes, L.data(), lut_bytes);
+    const LutKernelSet luts = lut_kernels(t);
+    for (int i = 0; i < luts.count; ++i)
+        for (int M : Ms)
+            variants.push_back([&, M, i] {
+                c = (c + 1) % copies;
+                const uint8_t* w = L.data() + (size_t)c * lut_bytes;
+                split_run(N, threads, [&](int n0, int n1) { luts.kernels[i].gemm(w, N, K, X.data(), Kp, M, Y.data(), N, n0, n1); });
+            });
     const auto best = fastest(variants, 4, 0.3);
     const double stream_gbs = bytes / best[0] / 1e9;
     std::printf("%-10s %4dx%-4d %d thr | stream %5.1f GB/s | M=1 %6.1f GMAC/s %5.1f GB/s (%3.0f%%)", t.name, N, K, threads,
                 stream_gbs, (double)N * K / best[1] / 1e9, bytes / best[1] / 1e9, 100.0 * best[0] / best[1]);
     for (size_t i = 1; i < std::size(Ms); ++i) std::printf(" | M=%d %6.1f", Ms[i], (double)N * K * Ms[i] / best[i + 1] / 1e9);
     std::printf("\n");
+    for (int l = 0; l < luts.count; ++l) {
+        std::printf("  %-14s GMAC/s:", luts.kernels[l].name);
+        for (size_t i = 0; i < std::size(Ms); ++i)
+            std::printf(" M=%d %6.1f", Ms[i], (double)N * K * Ms[i] / best[1 + std::size(Ms) * (l + 1) + i] / 1e9);
+        std::printf("\n");
+    }
 }
 
 void bench_i8_head(const KernelTable& t, int threads) {

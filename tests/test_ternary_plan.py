@@ -1,0 +1,76 @@
+"""Kernel choice per row count (cpp/kernels/ternary_plan.h) through the engine: every forced LUT
+kernel gives the tiles' logits bit for bit, and the measured choice is cached per CPU."""
+import functools
+
+import numpy as np
+import pytest
+
+from engine_helpers import fresh_sequence, hf_and_tensors, make_engine, prefill, random_ids
+from wrinklefree_rt import _core
+
+DEFAULT = _core.default_kernel_name()
+# Prompt lengths fall in every row-count bucket the LUT kernels serve (1 .. 128+ rows).
+LENGTHS = (1, 3, 17, 45, 70, 130)
+
+
+@functools.lru_cache(maxsize=None)
+def _model():
+    return hf_and_tensors(seed=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=301,
+                          intermediate_size=200, tie_word_embeddings=False)
+
+
+def _logits(**engine_kw):
+    _, cfg, tensors = _model()
+    eng = make_engine(cfg, tensors, lm_head="int8", **engine_kw)
+    out = []
+    for i, n in enumerate(LENGTHS):
+        slot = fresh_sequence(eng, n + 1)
+        out.append(prefill(eng, slot, random_ids(cfg, n, seed=i)))
+        # One more row on the cache the prefill wrote: the decode (1-row) path.
+        out.append(prefill(eng, slot, random_ids(cfg, 1, seed=50 + i), start=n))
+        eng.free_sequence(slot)
+    return eng, np.concatenate(out)
+
+
+@pytest.mark.parametrize("kernel", _core.lut_kernel_names(DEFAULT) + ["lut-generic"])
+def test_forced_lut_kernel_gives_the_tiles_logits_exactly(kernel):
+    tiles_eng, want = _logits(ternary_kernel="tiles")
+    assert tiles_eng.ternary_plan == " ".join(f"{1 << b}:tiles" for b in range(8))
+    eng, got = _logits(ternary_kernel=kernel)
+    assert eng.ternary_plan == " ".join(f"{1 << b}:{kernel}" for b in range(8))
+    # Integer GEMM results are identical, so every float after them is too.
+    np.testing.assert_array_equal(got, want)
+
+
+def test_unknown_kernel_is_refused_with_the_choices():
+    _, cfg, tensors = _model()
+    with pytest.raises(ValueError, match="'lut7' is unknown .*choose from: auto, tiles"):
+        make_engine(cfg, tensors, ternary_kernel="lut7")
+
+
+def test_environment_variable_forces_a_kernel(monkeypatch):
+    monkeypatch.setenv("WFRT_TERNARY", "lut-generic")
+    _, cfg, tensors = _model()
+    assert make_engine(cfg, tensors).ternary_plan.endswith("128:lut-generic")
+    # The engine option wins over the environment.
+    assert make_engine(cfg, tensors, ternary_kernel="tiles").ternary_plan.endswith("128:tiles")
+
+
+def test_auto_measures_once_then_reads_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("WFRT_TERNARY", raising=False)
+    _, cfg, tensors = _model()
+    measured = make_engine(cfg, tensors).ternary_plan
+    choices = {"tiles", *_core.lut_kernel_names(DEFAULT)}
+    assert [entry.split(":")[0] for entry in measured.split()] == [str(1 << b) for b in range(8)]
+    assert {entry.split(":")[1] for entry in measured.split()} <= choices
+    cache = tmp_path / "wrinklefree_rt" / "ternary_plan.txt"
+    [line] = cache.read_text().splitlines()
+    key, names = line.rsplit("\t", 1)
+    assert key.endswith(f"\t{DEFAULT}\tK={cfg.hidden_size}")
+    # A second engine takes the cached line as it stands (here rewritten to a known plan).
+    forced = _core.lut_kernel_names(DEFAULT)[0]
+    cache.write_text(f"{key}\t{' '.join(['tiles'] * 4 + [forced] * 4)}\n")
+    assert make_engine(cfg, tensors).ternary_plan.split()[4] == f"16:{forced}"
+    # The scalar table is never calibrated: it runs its tiles.
+    assert make_engine(cfg, tensors, isa="generic").ternary_plan.endswith("128:tiles")
