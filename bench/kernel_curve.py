@@ -7,7 +7,7 @@ runs every variant at every row count before round r + 1) and reports medians. W
 over copies larger than the L2 caches, so the 1-row figures read them from L3 or DRAM as a
 model's layers do (this machine's L3 may still hold them: see the `weights_bytes` field).
 
-With --engine, also the whole forward step of the synthetic 2B-4T model (bench/synth.py) at
+With --engine, also the whole forward step of the synthetic 2B-4T model (wrinklefree_rt/random_model.py) at
 the same row counts, for each kernel table with the tiles alone and with the measured plan
 (`ternary_kernel="tiles"` vs `"auto"`), interleaved step by step: a 32-row step's cost in 1-row
 steps is the figure issue 11 asks about.
@@ -124,10 +124,12 @@ def table_text(derived: dict) -> str:
 
 def engine_curve(tables: list[str], threads: int, rounds: int) -> dict:
     """Forward-step seconds per row count of the 2B-4T synthetic model, per table x plan."""
-    from . import artifacts, synth
-    from .ours import Ours
+    from wrinklefree_rt import random_model as synth
     from wrinklefree_rt._core import BitNetBatchEngine
     from wrinklefree_rt.formats import load_model_dir
+    from wrinklefree_rt.measure import StepBench
+
+    from . import artifacts
 
     cfg, tensors = load_model_dir(artifacts.wfrt_dir(synth.SHAPES["2b"]))
     engines = {}
@@ -135,7 +137,7 @@ def engine_curve(tables: list[str], threads: int, rounds: int) -> dict:
         for plan in ("tiles", "auto"):
             eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=8, kv_pages=-(-max(ROWS) // 32) + 1,
                                     page_size=32, lm_head="int8", isa=table, ternary_kernel=plan)
-            engines[f"{table} {plan}"] = Ours(eng, 0.0)
+            engines[f"{table} {plan}"] = StepBench(eng, 0.0)
     samples = {name: {m: [] for m in ROWS} for name in engines}
     for name, ours in engines.items():
         ours.forward(max(ROWS), 1)  # warm-up: buffers, KV pages, the LUT kernels' scratch
