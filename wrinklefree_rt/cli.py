@@ -305,7 +305,8 @@ def verify(argv: list[str]) -> int:
 
     from tqdm import tqdm
 
-    from .verify import format_report, verify as run_verify
+    from .verify import format_report
+    from .verify import verify as run_verify
     report = run_verify(args.model, args.reference, prompts=args.prompts, prompt_len=args.prompt_len,
                         tolerance=args.tolerance, i2s_layout=args.i2s_layout,
                         progress=lambda it, **kw: tqdm(it, disable=True if args.quiet else None, leave=False, **kw))

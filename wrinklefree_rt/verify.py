@@ -166,7 +166,7 @@ def _hf_logits(model, prompt: np.ndarray, layers: int | None = None) -> np.ndarr
 
 def _engine_logits(cfg: ModelConfig, tensors: Mapping[str, Tensor], prompt: np.ndarray,
                    layers: int | None = None) -> np.ndarray:
-    from ._core import BitNetBatchEngine
+    from ._core import BitNetBatchEngine, OutMode
     if layers is not None:
         cfg = msgspec.structs.replace(cfg, num_hidden_layers=layers)
         keep = _canonical_set(cfg)
@@ -177,15 +177,15 @@ def _engine_logits(cfg: ModelConfig, tensors: Mapping[str, Tensor], prompt: np.n
     eng.reserve(slot, n)
     rows = np.arange(n, dtype=np.int32)
     _, _, logits = eng.step(np.full(n, slot, np.int32), rows, prompt.astype(np.int32), rows,
-                            out_mode=np.full(n, 2, np.int32))
+                            out_mode=np.full(n, OutMode.LOGITS, np.int32))
     return np.asarray(logits)
 
 
 def verify(model: str | os.PathLike, reference: str | os.PathLike | None = None, *, prompts: int = 3,
            prompt_len: int = 24, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE, i2s_layout: str = "x86",
-           progress: Callable[[Any], Any] | None = None) -> VerifyReport:
+           progress: Callable[..., Any] | None = None) -> VerifyReport:
     """Compare this runtime with transformers on ``model``; ``progress`` wraps iterables (tqdm)."""
-    wrap = progress or (lambda it, **kw: it)
+    wrap: Callable[..., Any] = progress or (lambda it, **kw: it)
     cfg, tensors = load_model_dir(model, i2s_layout)
     if reference is not None:
         ref_name = f"transformers from_pretrained({reference})"
