@@ -7,6 +7,8 @@ from typing import Literal, Sequence
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from .errors import ModelFormatError
+
 __all__ = ["Tokenizer", "IncrementalDetokenizer", "TextStream", "ChatFormat"]
 
 ChatFormat = Literal["bitnet", "llama3"]
@@ -46,14 +48,17 @@ class Tokenizer:
         try:
             tok = _HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception for unreadable files
-            raise ValueError(f"{file}: cannot load tokenizer: {e}") from None
+            raise ModelFormatError(str(file), None, f"cannot load tokenizer: {e}") from None
         config_path = file.parent / "tokenizer_config.json"
         config = {}
         if config_path.is_file():
             try:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
-                raise ValueError(f"{config_path}: cannot read tokenizer config: {e}") from None
+                raise ModelFormatError(str(config_path), None, f"cannot read tokenizer config: {e}") from None
+            if not isinstance(config, dict):
+                raise ModelFormatError(str(config_path), None,
+                                       f"expected a JSON object, got {type(config).__name__}")
         return cls(tok, config, chat_format)
 
     def token_id(self, text: str | None) -> int | None:
