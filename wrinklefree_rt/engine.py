@@ -65,6 +65,8 @@ class Engine:
         self._portal_cm: Any = None   # the sync API's blocking portal, and the engine entered in it
         self._portal_ctx: Any = None
         self._lock = threading.Lock()
+        self._enter_lock = threading.Lock()  # not _lock: _call_sync holds that while entering
+        self._entered = False
         self._intake = RequestIntake(model_config, tokenizer, self.config, core.pages_total * core.page_size)
 
     @classmethod
@@ -88,11 +90,17 @@ class Engine:
 
     # ----- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
-        if self._token is not None:
-            raise RuntimeError("the engine is already running in an event loop")
-        self._closed = False
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
+        with self._enter_lock:  # event loops in two threads may race to enter
+            if self._entered:
+                raise RuntimeError("the engine is already running in an event loop")
+            self._entered = True
+        try:
+            self._closed = False
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+        except BaseException:
+            self._entered = False
+            raise
         self._wake = anyio.Event()
         self._stopped = anyio.Event()
         self._serve_scope = anyio.CancelScope()
@@ -102,10 +110,13 @@ class Engine:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        await self.aclose()
-        # The body's own exception is not handed to the task group (it would come back wrapped
-        # in an ExceptionGroup): the group only holds the engine's loop task, now finished.
-        await self._task_group.__aexit__(None, None, None)
+        try:
+            await self.aclose()
+            # The body's own exception is not handed to the task group (it would come back
+            # wrapped in an ExceptionGroup): the group only holds the engine's loop task, now finished.
+            await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._entered = False
 
     async def aclose(self) -> None:
         """Stop serving: queued and running requests end with ``EngineClosedError``, their

@@ -206,13 +206,16 @@ class Sequence:
         if end - start > budget:
             # Only rows that do not depend on the open block may run as a separate chunk, and
             # block-causal chunks hold whole blocks so that every row sees its block complete.
-            cut = min(self._align(start + max(budget, 0), self.attn_block), independent)
-            if cut <= start:
+            # A chunk starts at the first stale row: one of rows whose K/V is already valid
+            # (a fused commit's output row) would change nothing and run again forever.
+            stale = self._align(self.kv_valid, self.attn_block)
+            cut = min(self._align(stale + max(budget, 0), self.attn_block), independent)
+            if cut <= stale:
                 if not first_in_step:
                     return None
-                cut = min(start + self.attn_block, independent) if start < independent else end
+                cut = min(stale + self.attn_block, independent) if stale < independent else end
             if cut < end:
-                return Work(start, cut, [], [])
+                return Work(stale, cut, [], [])
         uniforms = [float(self.rng.random()) for _ in need] if self.rng is not None and mode == OutMode.SAMPLE else []
         return Work(start, end, need, [mode] * len(need), uniforms)
 

@@ -10,6 +10,7 @@ from typing import Literal, Sequence
 from tokenizers import Tokenizer as _HFTokenizer
 
 from .chat_template import ChatTemplate
+from .errors import ModelFormatError
 
 __all__ = ["Tokenizer", "IncrementalDetokenizer", "TextStream", "ChatFormat", "load_tokenizer"]
 
@@ -57,14 +58,17 @@ class Tokenizer:
         try:
             tok = _HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception for unreadable files
-            raise ValueError(f"{file}: cannot load tokenizer: {e}") from None
+            raise ModelFormatError(str(file), None, f"cannot load tokenizer: {e}") from None
         config_path = file.parent / "tokenizer_config.json"
         config = {}
         if config_path.is_file():
             try:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
-                raise ValueError(f"{config_path}: cannot read tokenizer config: {e}") from None
+                raise ModelFormatError(str(config_path), None, f"cannot read tokenizer config: {e}") from None
+            if not isinstance(config, dict):
+                raise ModelFormatError(str(config_path), None,
+                                       f"expected a JSON object, got {type(config).__name__}")
         jinja = file.parent / "chat_template.jinja"  # where transformers 5 saves the template
         if jinja.is_file() and not config.get("chat_template"):
             config["chat_template"] = jinja.read_text(encoding="utf-8")
