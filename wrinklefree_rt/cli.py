@@ -1,4 +1,4 @@
-"""``wrinklefree-rt``: demo | generate | convert | scheduler-bench."""
+"""``wrinklefree-rt``: demo | generate | convert | scheduler-bench | serve."""
 from __future__ import annotations
 
 import argparse
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"demo": "run concurrent AR and DLM requests on a random model (no download)",
                 "generate": "stream a completion from a model directory",
                 "convert": "convert a checkpoint to the runtime's packed format",
-                "scheduler-bench": "measure the scheduler with N concurrent DLM requests"}
+                "scheduler-bench": "measure the scheduler with N concurrent DLM requests",
+                "serve": "serve a model over an OpenAI-compatible HTTP API"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: wrinklefree-rt {" + ",".join(commands) + "} ...\n")
         for name, what in commands.items():
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import bench_main as run
     elif command == "convert":
         from .convert import main as run
+    elif command == "serve":
+        from .server.cli import main as run
     else:
         run = _generate
     return run(rest)
