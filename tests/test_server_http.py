@@ -431,4 +431,5 @@ def test_too_many_waiting_gets_503_at_once(any_server):
     assert refused.headers["retry-after"] == "1" and err["type"] == "server_error"
     _wait_idle(any_server)
     _error(any_server.post("/v1/completions", {"model": MODEL, "prompt": "x", "n": capacity + 1}), 400, param="n")
+    _error(any_server.post("/v1/completions", {"model": MODEL, "prompt": "x", "n": 10 ** 12}), 400, param="n")
     _still_serving(any_server)

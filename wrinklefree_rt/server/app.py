@@ -76,7 +76,7 @@ class _Server:
             self._authorize(request)
             req = decode_request(await self._read_body(request), kind)
             self._check_model(req.model)
-            jobs = engine_jobs(req, self._default_diffusion)
+            jobs = engine_jobs(req, self._default_diffusion, self._capacity)
             self._admit(len(jobs))
         except ApiError as e:
             return self._refuse(e)
@@ -116,9 +116,6 @@ class _Server:
     def _admit(self, n: int) -> None:
         """Refuse at once, never queue without bound: ``max_num_seqs`` requests run and up to
         ``max_waiting`` more wait."""
-        if n > self._capacity:
-            raise ApiError(400, f"n: the request needs {n} sequences; this server holds at most {self._capacity}",
-                           param="n")
         if self._active + n > self._capacity:
             raise ApiError(503, f"the server is at capacity ({self._active} requests running or waiting); "
                            "retry later", code="server_overloaded", headers={"Retry-After": "1"})

@@ -149,11 +149,15 @@ def _messages(req: ChatRequest) -> list[dict]:
     return [out]
 
 
-def engine_jobs(req: CompletionRequest | ChatRequest, default_diffusion: dict | None) -> list[EngineJob]:
-    """The engine requests behind one HTTP request, in OpenAI's choice order (prompt-major)."""
+def engine_jobs(req: CompletionRequest | ChatRequest, default_diffusion: dict | None, limit: int) -> list[EngineJob]:
+    """The engine requests behind one HTTP request, in OpenAI's choice order (prompt-major);
+    more than ``limit`` of them could never be admitted."""
     if isinstance(req.n, bool) or req.n < 1:
         raise ApiError(400, f"n: must be >= 1, got {req.n}", param="n")
     prompts = _prompts(req) if isinstance(req, CompletionRequest) else _messages(req)
+    if len(prompts) * req.n > limit:
+        raise ApiError(400, f"n: {len(prompts)} prompt(s) x n = {req.n} needs {len(prompts) * req.n} sequences; "
+                       f"this server holds at most {limit}", param="n")
     diffusion = _diffusion(req.diffusion, default_diffusion)
     params: dict[str, Any] = {}
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
