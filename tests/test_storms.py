@@ -15,7 +15,6 @@ from storm_helpers import (MASK, assert_idle, request_kinds, resident_bytes, run
                            settle, solo_outputs, threads)
 from tiny_models import make_hf_model, save_hf_model
 from wrinklefree_rt import Engine
-from wrinklefree_rt.sequence import Status
 
 N_REQUESTS = 1000
 N_KINDS = 40         # distinct requests; request i is kind i % N_KINDS
@@ -106,7 +105,7 @@ async def test_overload_thousand_at_once_fcfs(engine):
 
 def stage(seq) -> str:
     """Where a request stood when its consumer cancelled it."""
-    if seq is None or seq.status == Status.WAITING:
+    if seq is None or seq.admitted is None:
         return "queued"
     if seq.finished:
         return "finished"

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert a checkpoint to the runtime's packed format", "wrinklefree_rt.convert:main"),
     "demo": ("run concurrent AR and DLM requests on a random model (no download)", "wrinklefree_rt.demo:main"),
     "scheduler-bench": ("measure the scheduler with N concurrent DLM requests", "wrinklefree_rt.demo:bench_main"),
+    "serve": ("serve a model over an OpenAI-compatible HTTP API", "wrinklefree_rt.server.cli:main"),
 }
 
 MODEL_HELP = ("model: an HF directory, a directory made by `convert`, a .wfrt, a BitNet GGUF (llama.cpp "
