@@ -5,6 +5,7 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ..params import DiffusionParams, validate
 from .errors import ApiError, error_response
@@ -41,10 +43,10 @@ class _Server:
         self.metrics = ServerMetrics(engine, model_name)
 
     # ----- endpoints --------------------------------------------------------------------------
-    async def completions(self, request: Request) -> Response:
+    async def completions(self, request: Request) -> ASGIApp:
         return await self._generate(request, CompletionRequest)
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request) -> ASGIApp:
         return await self._generate(request, ChatRequest)
 
     async def models(self, request: Request) -> Response:
@@ -70,7 +72,7 @@ class _Server:
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     # ----- a generation request ---------------------------------------------------------------
-    async def _generate(self, request: Request, kind) -> Response:
+    async def _generate(self, request: Request, kind) -> ASGIApp:
         arrival = time.perf_counter()
         try:
             self._authorize(request)
@@ -184,8 +186,8 @@ def create_app(engine, *, model_name: str | None = None, api_key: str | None = N
               Route("/v1/models/{model:path}", server.model, methods=["GET"]),
               Route("/health", server.health, methods=["GET"]),
               Route("/metrics", server.prometheus, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _server_fault})
+    handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _server_fault}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.server = server
     return app
 

@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WAITING
 
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/*")
     p.add_argument("--served-model-name", help="the `model` clients send (default: the model's file or directory name)")
     p.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
-                   help="requests that may wait beyond the --max-num-seqs running ones; more get 503 (default %(default)s)")
+                   help="requests that may wait beyond the --max-num-seqs running ones; "
+                        "more get 503 (default %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--dlm", nargs="?", const={}, type=_dlm, default=None, metavar="JSON",
                    help="decode by block diffusion unless a request says otherwise; optional JSON "
@@ -76,10 +78,11 @@ def main(argv: list[str]) -> int:
         import hypercorn.config
         import hypercorn.trio
         import trio
-        config = hypercorn.config.Config()
-        config.bind = [f"fd://{sock.fileno()}"]
-        config.loglevel = args.log_level.upper()
-        trio.run(hypercorn.trio.serve, app, config)
+        hconfig = hypercorn.config.Config()
+        hconfig.bind = [f"fd://{sock.fileno()}"]
+        hconfig.loglevel = args.log_level.upper()
+        # hypercorn types its ASGI app with its own protocol classes, which Starlette's do not name
+        trio.run(hypercorn.trio.serve, cast(Any, app), hconfig)
     return 0
 
 

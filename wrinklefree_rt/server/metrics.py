@@ -7,6 +7,7 @@ reach the client. Each app has its own registry, so several apps can live in one
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -52,7 +53,7 @@ class ServerMetrics:
     def __init__(self, engine, model_name: str):
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine, model_name))
-        labels = {"labelnames": ["model_name"], "registry": self.registry}
+        labels: dict[str, Any] = {"labelnames": ["model_name"], "registry": self.registry}
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens of admitted requests.",
                                      **labels).labels(model_name)
         self.generation_tokens = Counter(PREFIX + "generation_tokens", "Generated tokens sent to clients.",

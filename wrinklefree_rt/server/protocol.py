@@ -138,7 +138,7 @@ def _prompts(req: CompletionRequest) -> list:
     return list(p)
 
 
-def _messages(req: ChatRequest) -> list[dict]:
+def _messages(req: ChatRequest) -> list[list[dict]]:
     if not req.messages:
         raise ApiError(400, "messages: at least one message is needed", param="messages")
     out = []
