@@ -12,7 +12,9 @@ block-diffusion decoding against AR decoding on the same engine and prompts.
 - The 2B estimate: the same rows per forward and tokens per forward priced with the 2B-shape
   step times that ``bench.run`` measured (``forward_samples_s`` of the newest
   ``bench/results/*.json``: median step time at 1 / 8 / 32 / 128 / 512 rows, linearly
-  interpolated), giving an estimated committed tokens/s for a 2B model of the same behaviour.
+  interpolated), giving an estimated committed tokens/s for a 2B model of the same behaviour,
+  and the committed tokens per forward at which that DLM run would match AR's estimated 2B
+  speed at the same N (its rows per forward held fixed).
 """
 from __future__ import annotations
 
@@ -132,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.max_tokens} new tokens each, ignore_eos")
     header = "| mode | N | forwards | committed tokens / forward | per request | rows / forward | tok/s (tiny) |"
     if costs:
-        header += " est. 2B tok/s |"
+        header += " est. 2B tok/s | 2B break-even tokens / forward |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    ar_2b = {}
     for r in rows:
         line = (f"| {r['mode']} | {r['n']} | {r['forwards']} | {r['tokens_per_forward']:.2f} | "
                 f"{r['per_request_tokens_per_forward']:.2f} | {r['rows_per_forward']:.1f} | {r['tokens_per_s']:.0f} |")
@@ -142,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             step = float(np.interp(r["rows_per_forward"], costs[0], costs[1]))
             r["est_2b_step_s"] = step
             r["est_2b_tokens_per_s"] = r["tokens_per_forward"] / step
-            line += f" {r['est_2b_tokens_per_s']:.1f} |"
+            ar_2b.setdefault(r["n"], r["est_2b_tokens_per_s"])  # AR runs first at every N
+            # Committed tokens per forward at which this DLM run's rows would match AR's 2B speed.
+            r["est_2b_break_even_tokens_per_forward"] = ar_2b[r["n"]] * step
+            line += f" {r['est_2b_tokens_per_s']:.1f} | {r['est_2b_break_even_tokens_per_forward']:.2f} |"
         print(line)
     if costs:
         print(f"2B step times: medians of forward_samples_s in bench/results/{costs[2]}: "

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import tiny_corpus
 import train_tiny
 
-# Validation perplexity bound (held-out books; the shipped model measures 174.6, see
+# Validation perplexity bound (held-out books; the shipped model measures 142.4, see
 # docs/benchmarks.md). A random model's is about the vocabulary size, 4096.
-PERPLEXITY_BOUND = 200.0
+PERPLEXITY_BOUND = 160.0
 MAX_TOKENS = 40
 
 
@@ -114,7 +114,11 @@ def test_logits_match_transformers(hf, prompts, validation, tokenizer, tmp_path,
     ids = np.asarray(tokenizer.encode(validation[1])[:96])
     ref, margins = _logits_and_margins(hf, ids)
     ours = engine_logits(path, ids)
-    _assert_matches(ours, ref, _reach(margins), max_off_rows=0.05)
+    # Rows off by more than 1e-3 of the logit scale must be reachable from an activation
+    # within 1e-4 int8 steps of a rounding boundary (and stay within 2e-2); one such tie early
+    # in a 96-token text makes every later row reachable, so more rows may move than in the
+    # random-model tests' 45-token sequences.
+    _assert_matches(ours, ref, _reach(margins), max_off_rows=0.15)
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
 
 
