@@ -1,7 +1,7 @@
 """``python -m wrinklefree_rt.demo`` / ``wrinklefree-rt demo``: the engine end to end, no download.
 
 By default it serves the tiny trained model shipped in the package (``wrinklefree_rt.models``:
-a 5 M-parameter BitNet b1.58 AR + block-diffusion model trained on the World English Bible; it
+a 2.4 M-parameter BitNet b1.58 AR + block-diffusion model trained on the World English Bible; it
 continues text in that style, it is not an assistant): concurrent AR and block-diffusion
 requests, streaming their text, with each request's committed tokens per forward and the
 engine's statistics. ``--random`` serves a small random BitNet model instead (written in the

@@ -1,6 +1,6 @@
 """Model checkpoints shipped inside the package.
 
-``TINY_WEB_BIBLE``: a tiny BitNet b1.58 model (5.2 M parameters) trained by
+``TINY_WEB_BIBLE``: a tiny BitNet b1.58 model (2.36 M parameters) trained by
 ``tools/train_tiny.py`` on the World English Bible (public domain), both as an autoregressive
 LM and as a block-diffusion LM (causal attention, ``shift``). It continues text in that style;
 it is not an assistant. An HF directory: config.json, offline-packed ternary safetensors,
