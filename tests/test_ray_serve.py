@@ -81,10 +81,7 @@ def server(text_model_dir):  # noqa: F811
     srv = RayServer(text_model_dir)
     try:
         from wrinklefree_rt.ray import connect
-        # The cluster checks Ray's token (~/.ray/auth_token, made by the CLI's local start); a
-        # joining driver sends it only when token mode is on before ray is imported.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        connect(srv.ray_address, log_to_driver=False)
+        connect(srv.ray_address, log_to_driver=False)  # with the token the CLI's local start made
         try:
             yield srv
         finally:

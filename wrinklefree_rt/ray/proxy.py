@@ -9,6 +9,7 @@ a 503 with a message, or, for a stream already under way, an error event, which 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import msgspec
 
@@ -65,12 +66,17 @@ def connect(address: str | None = None, **init_options) -> None:
     proxies: start it with the variable in ``PROXY_CALLBACK`` set, see docs/scale-out.md).
 
     A local cluster listens on 127.0.0.1 only, and a loopback ``address`` is reached as such,
-    when this runs before anything imports ray."""
+    when this runs before anything imports ray. Joining, Ray's token (``~/.ray/auth_token`` or
+    ``RAY_AUTH_TOKEN``) is sent when there is one."""
     if address is None or address.rpartition(":")[0] in ("127.0.0.1", "localhost"):
         # Ray's own switch for single-machine use (read when ray is imported): the node address
         # is the loopback one, every Ray server binds to it, and 127.0.0.1 is not rewritten to
         # the machine's external address.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if address is not None and (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        # A cluster with token authentication (Ray's default for new ones) refuses a joining
+        # driver whose token mode was not on before ray.init: turn it on when a token is at hand.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     runtime_env = dict(init_options.pop("runtime_env", None) or {})
