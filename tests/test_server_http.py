@@ -25,9 +25,9 @@ API_KEY = {"uvicorn": None, "hypercorn-trio": "test-key-123"}
 
 
 def start(kind: str, model_dir) -> Server:
-    # 64 rows per forward: a long prompt takes many forwards to prefill (the mid-prefill test).
+    # 16 rows per forward: a long prompt takes many forwards to prefill (the disconnect tests).
     return Server(model_dir, "--threads", "1", "--max-num-seqs", str(MAX_NUM_SEQS), "--max-waiting",
-                  str(MAX_WAITING[kind]), "--max-num-batched-tokens", "64", "--max-body-bytes", "65536",
+                  str(MAX_WAITING[kind]), "--max-num-batched-tokens", "16", "--max-body-bytes", "65536",
                   kind=kind, api_key=API_KEY[kind], model=MODEL)
 
 
@@ -273,9 +273,10 @@ def test_disconnect_mid_stream_frees_everything(any_server, reference):
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
-def test_disconnect_mid_prefill_frees_everything(server, reference, stream):
-    """A ~1900-token prompt prefilled 64 rows per forward; the client leaves while the request
-    is in the engine and before any token came back."""
+def test_disconnect_before_the_response_frees_everything(server, reference, stream):
+    """A ~1900-token prompt prefilled 16 rows per forward; the client leaves once the request is
+    in the engine, before any response (mostly mid-prefill; test_server_disconnect.py holds the
+    step to make that certain)."""
     _wait_idle(server, REQUEST_TIMEOUT_S)
     prompt = [128000] + [(7 * i) % 5000 + 100 for i in range(1900)]
 
@@ -284,7 +285,7 @@ def test_disconnect_mid_prefill_frees_everything(server, reference, stream):
             body = {"model": MODEL, "prompt": prompt, "stream": stream, "max_tokens": 100, "temperature": 0.0}
             task = asyncio.ensure_future(client.post("/v1/completions", json=body))
             await asyncio.to_thread(_wait_running, server, 1)
-            assert not task.done()  # no response yet
+            assert not task.done()
             task.cancel()  # closes the connection
             try:
                 await task

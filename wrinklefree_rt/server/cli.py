@@ -80,7 +80,9 @@ def main(argv: list[str]) -> int:
     print(f"wrinklefree-rt: serving {app.state.server.model_name!r} on http://{shown}:{port}", flush=True)
     if args.server == "uvicorn":
         import uvicorn
-        uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level=args.log_level)).run(sockets=[sock])
+        # On shutdown, streams still open after the grace period end with the engine's close.
+        config = uvicorn.Config(app, lifespan="on", log_level=args.log_level, timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
     else:
         import hypercorn.config
         import hypercorn.trio
