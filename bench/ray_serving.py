@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from . import artifacts, hw, synth
-from .http_load import ServerProcess, _prompt, run_level
+from .http_load import OURS, ServerProcess, _prompt, run_level
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(label: str, server: ServerProcess, clients: int) -> None:
         time.sleep(1.0)  # let the previous run's threads go idle
-        row = asyncio.run(run_level(server.url, clients, args.single_requests if clients == 1 else 1, prompt,
+        row = asyncio.run(run_level(server.url, OURS, clients, args.single_requests if clients == 1 else 1, prompt,
                                     args.max_tokens))
         row["config"] = label
         rows.append(row)
