@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+from ..ray.cli import parse_replicas
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WAITING
 
 __all__ = ["main"]
@@ -46,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head", choices=["int8", "fp32"], default="int8")
     p.add_argument("--server", choices=["uvicorn", "hypercorn-trio"], default="uvicorn",
                    help="uvicorn (asyncio) or hypercorn with its trio worker")
+    p.add_argument("--ray", action="store_true",
+                   help="serve replicas on Ray Serve (the `ray` extra; docs/scale-out.md)")
+    p.add_argument("--replicas", type=parse_replicas,
+                   help="with --ray: N replicas, or MIN:MAX autoscaled on the engines' queues "
+                        "(default: one per Ray node)")
+    p.add_argument("--address", help="with --ray: a running Ray cluster (auto or HOST:PORT); default: start a "
+                                     "local one listening on 127.0.0.1 only")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -55,13 +63,17 @@ def main(argv: list[str]) -> int:
     from .. import Engine, WrinklefreeError
     from .app import create_app
 
+    engine_config = {"num_threads": args.threads, "lm_head": args.lm_head, "max_num_seqs": args.max_num_seqs,
+                     "kv_cache_tokens": args.kv_cache_tokens, "max_num_batched_tokens": args.max_num_batched_tokens}
+    app_options = {"model_name": args.served_model_name or Path(args.model).resolve().name, "api_key": args.api_key,
+                   "max_waiting": args.max_waiting, "max_body_bytes": args.max_body_bytes, "diffusion": args.dlm}
+    if args.ray:
+        from ..ray.cli import serve_on_ray
+        return serve_on_ray(args.model, engine_config, app_options, replicas=args.replicas, address=args.address,
+                            host=args.host, port=args.port)
     try:
-        engine = Engine.from_pretrained(args.model, num_threads=args.threads, lm_head=args.lm_head,
-                                        max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens,
-                                        max_num_batched_tokens=args.max_num_batched_tokens)
-        app = create_app(engine, model_name=args.served_model_name or Path(args.model).resolve().name,
-                         api_key=args.api_key, max_waiting=args.max_waiting, max_body_bytes=args.max_body_bytes,
-                         diffusion=args.dlm)
+        engine = Engine.from_pretrained(args.model, **engine_config)
+        app = create_app(engine, **app_options)
         sock = _listen(args.host, args.port)
     except (WrinklefreeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
