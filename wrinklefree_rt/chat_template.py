@@ -10,11 +10,9 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from .errors import ChatTemplateError
+
 __all__ = ["ChatTemplate", "ChatTemplateError"]
-
-
-class ChatTemplateError(ValueError):
-    """The template does not compile, or it fails (or raises) while rendering."""
 
 
 def _raise_exception(message: str):

@@ -8,7 +8,8 @@ callers only: the engine waits for room instead and ends requests with ``EngineC
 from __future__ import annotations
 
 __all__ = ["WrinklefreeError", "InvalidRequestError", "EngineClosedError", "EngineNotRunningError",
-           "ModelFormatError", "KVCacheFullError", "NoFreeSlotError", "StepCancelledError"]
+           "ModelFormatError", "ChatTemplateError", "UnsupportedVocabularyError", "KVCacheFullError",
+           "NoFreeSlotError", "StepCancelledError"]
 
 
 class WrinklefreeError(Exception):
@@ -53,3 +54,11 @@ class NoFreeSlotError(WrinklefreeError):
 
 class StepCancelledError(WrinklefreeError):
     """Core only: a step was cancelled between layers."""
+
+
+class ChatTemplateError(WrinklefreeError, ValueError):
+    """A checkpoint's chat template does not compile, or it fails (or raises) while rendering."""
+
+
+class UnsupportedVocabularyError(WrinklefreeError, ValueError):
+    """A GGUF's vocabulary is of a kind this package does not rebuild exactly (the message names it)."""

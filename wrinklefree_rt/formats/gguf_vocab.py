@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, UnsupportedVocabularyError
 from .gguf_file import GGUFFile
 
 __all__ = ["gguf_tokenizer_files", "UnsupportedVocabularyError"]
-
-
-class UnsupportedVocabularyError(ValueError):
-    """The GGUF's vocabulary is of a kind this module does not rebuild exactly."""
 
 
 # The pre-tokenizer regexes of the BPE vocabularies we can rebuild exactly, by the name GGUF
