@@ -12,7 +12,7 @@ CPU only, no network, fixed seed::
 3. Model: transformers' own ``BitNetForCausalLM`` with its ``AutoBitLinear`` layers in online
    mode (absmean ternary weights and per-token int8 activations, straight-through gradients),
    so the trained math is the reference's by construction.
-4. Objective, matching inference with causal attention and ``shift`` (DESIGN.md section 5; row
+4. Objective, matching inference with causal attention and ``shift`` (docs/design.md, block-diffusion decoding; row
    i predicts token i + 1): every step runs the clean windows and a noised copy side by side in
    one forward. The clean half is ordinary causal LM (next-token loss). In the noised copy, every
    block of B positions (aligned at multiples of B; B drawn per step from 8/16/32) has a random
