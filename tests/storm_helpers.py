@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 
 import anyio
 import torch
@@ -68,9 +69,16 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def threads() -> tuple[int, list[str]]:
+def threads() -> tuple[int, Counter]:
     """Threads of the process (the engine's C++ workers included) and the Python ones' names."""
-    return len(os.listdir("/proc/self/task")), sorted(t.name for t in threading.enumerate())
+    return len(os.listdir("/proc/self/task")), Counter(t.name for t in threading.enumerate())
+
+
+def assert_no_new_threads(before: tuple[int, Counter]) -> None:
+    """Nothing started since ``before`` is still running (idle workers that earlier tests'
+    event loops left may have exited meanwhile)."""
+    count, names = threads()
+    assert count <= before[0] and not names - before[1], (before, (count, names))
 
 
 def running_tasks() -> int:

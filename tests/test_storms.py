@@ -4,6 +4,7 @@ everything it held); none is lost or duplicated; admission is first come, first 
 tasks and threads do not grow."""
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 
@@ -11,8 +12,8 @@ import anyio
 import pytest
 import torch
 
-from storm_helpers import (MASK, assert_idle, request_kinds, resident_bytes, running_tasks,
-                           settle, solo_outputs, threads)
+from storm_helpers import (MASK, assert_idle, assert_no_new_threads, request_kinds, resident_bytes,
+                           running_tasks, settle, solo_outputs, threads)
 from tiny_models import make_hf_model, save_hf_model
 from wrinklefree_rt import Engine
 
@@ -86,7 +87,7 @@ async def test_overload_thousand_at_once_fcfs(engine):
             for i in range(N_REQUESTS):
                 tg.start_soon(one, i)
         assert_idle(engine)
-        assert threads() == before
+        assert_no_new_threads(before)
 
     assert sorted(results) == list(range(N_REQUESTS))
     for i, (outs, seq) in results.items():
@@ -100,7 +101,9 @@ async def test_overload_thousand_at_once_fcfs(engine):
     admitted = [s.admitted for s in seqs]
     assert admitted == sorted(admitted)
     # A thousand queued requests are small: well under a megabyte of growth per hundred.
-    assert peak["rss"] - rss0 < 32 << 20, (peak["rss"] - rss0) / 2**20
+    # (Under AddressSanitizer freed memory stays resident in its quarantine by design.)
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        assert peak["rss"] - rss0 < 32 << 20, (peak["rss"] - rss0) / 2**20
 
 
 def stage(seq) -> str:
@@ -186,7 +189,7 @@ async def test_cancellation_storm(engine):
                 tg.start_soon(one, i)
         await settle(engine)
         assert running_tasks() == tasks
-        assert threads() == before
+        assert_no_new_threads(before)
         # The engine serves on, exactly.
         assert await solo_outputs(engine, KINDS[:5]) == solo[:5]
 
