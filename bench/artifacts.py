@@ -18,9 +18,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from wrinklefree_rt import _core
+from wrinklefree_rt import random_model as synth
 from wrinklefree_rt.formats.hf import hf_name
 from wrinklefree_rt.formats.packed import FORMAT_VERSION, PACKED_FILE, write_packed
-from wrinklefree_rt import random_model as synth
 
 from .gguf_writer import CACHE, cached_gguf
 

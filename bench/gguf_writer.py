@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wrinklefree_rt.formats.gguf import gguf_name
 from wrinklefree_rt import random_model as synth
+from wrinklefree_rt.formats.gguf import gguf_name
 
 try:
     import gguf

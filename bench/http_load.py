@@ -37,7 +37,9 @@ from pathlib import Path
 
 import httpx
 
-from . import artifacts, peer, synth
+from wrinklefree_rt import random_model as synth
+
+from . import artifacts, peer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import artifacts, hw, synth
+from wrinklefree_rt import random_model as synth
+
+from . import artifacts, hw
 from .http_load import OURS, ServerProcess, _prompt, run_level
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from wrinklefree_rt import _core
+from wrinklefree_rt import random_model as synth
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
-from wrinklefree_rt import random_model as synth
 from wrinklefree_rt.measure import StepBench
 
 from . import artifacts, gguf_writer, hw, peer

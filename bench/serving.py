@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from wrinklefree_rt import DiffusionParams, Engine, EngineConfig, SamplingParams
+from wrinklefree_rt import random_model as synth
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
-from wrinklefree_rt import random_model as synth
 
 from . import artifacts
 

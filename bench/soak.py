@@ -25,10 +25,9 @@ import anyio
 from tqdm import tqdm
 
 from wrinklefree_rt import DiffusionParams, Engine, EngineConfig, SamplingParams
+from wrinklefree_rt import random_model as synth
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.errors import WrinklefreeError
-
-from . import synth
 
 SHAPE = synth.SHAPES["tiny"]
 MASK = SHAPE.vocab - 1

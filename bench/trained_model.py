@@ -27,9 +27,9 @@ from pathlib import Path
 
 import anyio
 import numpy as np
-from wrinklefree_rt._core import BitNetBatchEngine
 
 from wrinklefree_rt import DiffusionParams, Engine, SamplingParams
+from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
 from wrinklefree_rt.models import TINY_WEB_BIBLE
 from wrinklefree_rt.tokenizer import Tokenizer
