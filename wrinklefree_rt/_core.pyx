@@ -92,7 +92,9 @@ cdef _tensor_view(name, value, TensorView* view, list hold, list keep):
     else:
         raise ModelFormatError("<tensors given to BitNetBatchEngine>", name,
                                f"{type(value).__name__} is neither a numpy array nor a TernaryWeight")
-    arr = np.ascontiguousarray(arr)
+    # C-contiguous and aligned for its dtype: a memory-mapped file may hold a float tensor at an
+    # offset that is not a multiple of 4 (SGLBITNT .bin does), and C++ reads it as float*.
+    arr = np.require(arr, requirements=["C", "A"])
     hold.append(arr)
     view.dtype = <CppTensorDType><int>dtype
     if dtype in (TensorDType.TERNARY_PACKED, TensorDType.I8) or (dtype == TensorDType.F32 and name in _BORROWED_F32):
