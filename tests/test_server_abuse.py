@@ -36,7 +36,12 @@ def _held(server: Server) -> tuple[int, int, int]:
     """The server process's open file descriptors, threads, and TCP connections on its port
     (its own sockets, any state but listening)."""
     pid = server.proc.pid
-    links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed since listed
+            pass
     with open(f"/proc/{pid}/status") as f:
         threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
     inodes = {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
