@@ -150,7 +150,10 @@ def test_32_concurrent_streams_complete_on_both_replicas(server, library):
 
     async def all_of_them():
         client = server.async_client()
-        return await asyncio.gather(*(one(client, p) for p in prompts))
+        try:
+            return await asyncio.gather(*(one(client, p) for p in prompts))
+        finally:  # closed in this loop, not finalized in some later test's
+            await client.close()
 
     results = asyncio.run(all_of_them())
     assert [text for _, text in results] == want

@@ -116,8 +116,11 @@ def test_openai_async_client_concurrent(any_server, reference):
             stream = await client.chat.completions.create(model=MODEL, messages=CHAT, stream=True, **GREEDY)
             return "".join([c.choices[0].delta.content or "" async for c in stream])
 
-        return await asyncio.wait_for(asyncio.gather(
-            *[streamed(p) for p in prompts], *[whole(p) for p in prompts], chat()), REQUEST_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(asyncio.gather(
+                *[streamed(p) for p in prompts], *[whole(p) for p in prompts], chat()), REQUEST_TIMEOUT_S)
+        finally:  # closed in this loop, not finalized in some later test's
+            await client.close()
 
     got = asyncio.run(run())
     assert got[:4] == [w.text for w in want] and got[4:8] == [w.text for w in want]

@@ -14,6 +14,8 @@ from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WAITING
 
 __all__ = ["main"]
 
+LISTEN_BACKLOG = 2048  # connections the kernel queues before refusing (SYN retries stall clients ~1 s)
+
 
 def _dlm(value: str) -> dict:
     try:
@@ -93,6 +95,7 @@ def main(argv: list[str]) -> int:
         hconfig = hypercorn.config.Config()
         hconfig.bind = [f"fd://{sock.fileno()}"]
         hconfig.loglevel = args.log_level.upper()
+        hconfig.backlog = LISTEN_BACKLOG  # hypercorn listens again on the socket, with its own (100) by default
         # hypercorn types its ASGI app with its own protocol classes, which Starlette's do not name
         trio.run(hypercorn.trio.serve, cast(Any, app), hconfig)
     return 0
@@ -103,5 +106,5 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     return sock
