@@ -72,3 +72,22 @@ def test_plan_matches_row_by_row_reference(seed):
             np.testing.assert_array_equal(got, np.asarray(cols[name], dtype), err_msg=name)
         assert plan.out_bounds == bounds
         assert plan.n_rows == len(cols["positions"])
+
+
+class _AlmostOne:
+    """A generator whose draws are in [0, 1) as float64 but round to 1.0 as float32."""
+
+    def random(self) -> float:
+        return 1.0 - 2.0 ** -40
+
+
+def test_a_draw_that_rounds_to_one_as_float32_stays_below_one():
+    # Found by bench/soak.py: such a draw reached the core as 1.0 and failed the whole step.
+    seq = Sequence("r", None, [5, 6, 7], SamplingParams(max_tokens=4, temperature=0.7, seed=1), None,
+                   frozenset(), None, -1)
+    seq.slot_id = 0
+    seq.rng = _AlmostOne()
+    work = seq.next_work(64, True)
+    assert work is not None and work.uniforms
+    plan = StepPlan([(seq, work)])
+    assert plan.uniform.dtype == np.float32 and float(plan.uniform.max()) < 1.0

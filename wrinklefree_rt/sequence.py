@@ -28,6 +28,10 @@ from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
 from .tokenizer import TextStream, Tokenizer
 
+# A float64 draw in [0, 1) may round to 1.0 as the core's float32, and the core takes [0, 1):
+# draws above the largest float32 below 1 become it.
+_BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))
+
 __all__ = ["Sequence", "Work", "DlmSpec"]
 
 
@@ -216,7 +220,8 @@ class Sequence:
                 cut = min(stale + self.attn_block, independent) if stale < independent else end
             if cut < end:
                 return Work(stale, cut, [], [])
-        uniforms = [float(self.rng.random()) for _ in need] if self.rng is not None and mode == OutMode.SAMPLE else []
+        uniforms = ([min(float(self.rng.random()), _BELOW_ONE) for _ in need]
+                    if self.rng is not None and mode == OutMode.SAMPLE else [])
         return Work(start, end, need, [mode] * len(need), uniforms)
 
     # ----- results --------------------------------------------------------------------------
