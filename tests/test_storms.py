@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -137,8 +138,25 @@ def cancel_plans(rng: random.Random, cancelled: list[int]) -> dict[int, tuple]:
     return plans
 
 
+def step_signal(engine, monkeypatch) -> Callable[[], anyio.Event]:
+    """The event the engine sets when its next step has been applied: watchers wait on it
+    instead of spinning on ``sleep(0)``, which starves the thread that finishes each step of
+    the GIL (a step then costs a GIL switch interval, and the storm ran for most of an hour on
+    a slow CI machine)."""
+    box = [anyio.Event()]
+    apply = engine._scheduler.apply
+
+    def apply_and_signal(*args):
+        apply(*args)
+        box[0].set()
+        box[0] = anyio.Event()
+
+    monkeypatch.setattr(engine._scheduler, "apply", apply_and_signal)
+    return lambda: box[0]
+
+
 @pytest.mark.anyio
-async def test_cancellation_storm(engine):
+async def test_cancellation_storm(engine, monkeypatch):
     rng = random.Random(12)
     cancelled = sorted(rng.sample(range(N_REQUESTS), N_REQUESTS // 2))
     plans = cancel_plans(rng, cancelled)
@@ -176,13 +194,14 @@ async def test_cancellation_storm(engine):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(consume, stream, scope, mode, x)
                     while stage(stream._seq) not in (x, "finished"):
-                        await anyio.sleep(0)
+                        await next_step().wait()
                     scope.cancel()
         modes[mode if mode != "stage" else f"stage {x}"] += 1
         stages[stage(stream._seq)] += 1
 
     async with engine:
         solo = await warm_solo(engine)
+        next_step = step_signal(engine, monkeypatch)
         before, tasks = threads(), running_tasks()
         async with anyio.create_task_group() as tg:
             for i in range(N_REQUESTS):
