@@ -74,3 +74,20 @@ def test_auto_measures_once_then_reads_the_cache(monkeypatch, tmp_path):
     assert make_engine(cfg, tensors).ternary_plan.split()[4] == f"16:{forced}"
     # The scalar table is never calibrated: it runs its tiles.
     assert make_engine(cfg, tensors, isa="generic").ternary_plan.endswith("128:tiles")
+
+
+def test_engine_option_and_stats_name_the_kernels(tmp_path):
+    from wrinklefree_rt import Engine, InvalidRequestError
+    from wrinklefree_rt.random_model import Shape, write_model_dir
+
+    write_model_dir(tmp_path, Shape(name="tiny", hidden=64, intermediate=96, layers=1, heads=2, kv_heads=1, vocab=64,
+                                    max_positions=64))
+    forced = _core.lut_kernel_names(DEFAULT)[0] if _core.lut_kernel_names(DEFAULT) else "lut-generic"
+    with Engine.from_pretrained(tmp_path, ternary_kernel=forced, max_num_seqs=1) as engine:
+        stats = engine.stats()
+        assert stats.isa == DEFAULT
+        assert stats.ternary_plan == " ".join(f"{1 << b}:{forced}" for b in range(8))
+    with pytest.raises(ValueError, match="'lut7' is unknown"):
+        Engine.from_pretrained(tmp_path, ternary_kernel="lut7", max_num_seqs=1)
+    with pytest.raises(InvalidRequestError, match="ternary_kernel"):
+        Engine.from_pretrained(tmp_path, ternary_kernel=7, max_num_seqs=1)

@@ -374,7 +374,8 @@ def bench(argv: list[str]) -> int:
             for r in rows:
                 samples[f"batched_{r}"].append(r / sb.forward(r, 1)[0])
                 bar.update()
-    result = {"model": args.model, "threads": core.num_threads, "kernels": core.isa, "load_s": sb.load_s,
+    result = {"model": args.model, "threads": core.num_threads, "kernels": core.isa,
+              "ternary_plan": core.ternary_plan, "load_s": sb.load_s,
               "tg_prompt": tg_prompt, "tg_tokens": args.tg, "pp_tokens": pp, "reps": args.reps,
               "median_per_s": {k: statistics.median(v) for k, v in samples.items()}, "samples_per_s": samples}
     if args.json:
@@ -382,6 +383,7 @@ def bench(argv: list[str]) -> int:
         return 0
     m = result["median_per_s"]
     lines = [f"model {args.model}: {core.num_threads} threads, kernels {core.isa}, loaded in {sb.load_s:.2f}s",
+             f"ternary GEMM per row count: {core.ternary_plan}",
              f"tg  {args.tg} tokens after {tg_prompt}: {m['tg']:10.1f} tokens/s",
              f"pp  {pp} tokens:{'':>14}{m['pp']:10.1f} tokens/s"]
     lines += [f"batched {r:>4} rows/step:{'':>8}{m[f'batched_{r}']:10.1f} rows/s" for r in rows]

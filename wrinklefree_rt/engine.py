@@ -82,7 +82,8 @@ class Engine:
         pages = -(-cfg.kv_cache_tokens // cfg.page_size) if cfg.kv_cache_tokens else 0
         core = BitNetBatchEngine(model_config, tensors, num_threads=cfg.num_threads,
                                  max_slots=cfg.max_num_seqs, kv_pages=pages,
-                                 page_size=cfg.page_size, lm_head=cfg.lm_head, isa=cfg.isa)
+                                 page_size=cfg.page_size, lm_head=cfg.lm_head, isa=cfg.isa,
+                                 ternary_kernel=cfg.ternary_kernel)
         del tensors  # the core holds what it still uses; the staging copies can go
         release_free_heap()
         tokenizer = load_tokenizer(path, cfg.chat_template)
@@ -267,7 +268,8 @@ class Engine:
                            kv_pages_used=total - self.core.pages_free, kv_pages_total=total,
                            forwards=s.forwards, rows=s.rows,
                            rows_per_forward=s.rows / s.forwards if s.forwards else 0.0,
-                           output_tokens=s.tokens, step_time=s.step_time, schedule_time=s.schedule_time)
+                           output_tokens=s.tokens, step_time=s.step_time, schedule_time=s.schedule_time,
+                           isa=self.core.isa, ternary_plan=self.core.ternary_plan)
 
     # ----- handing a request to the loop ----------------------------------------------------
     async def _submit(self, request: Request, final_only: bool) -> Sequence:

@@ -46,7 +46,8 @@ class RequestOutput(msgspec.Struct, kw_only=True):
 
 
 class EngineStats(msgspec.Struct, kw_only=True):
-    """Engine-wide state and counters since start."""
+    """Engine-wide state and counters since start, and the kernels in use: ``isa`` (the kernel
+    table) and ``ternary_plan`` (the ternary GEMM per row count, "1:tiles 2:tiles ... 32:lut32-avx2")."""
 
     running: int
     waiting: int
@@ -58,3 +59,5 @@ class EngineStats(msgspec.Struct, kw_only=True):
     output_tokens: int
     step_time: float
     schedule_time: float
+    isa: str
+    ternary_plan: str

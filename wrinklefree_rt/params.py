@@ -94,7 +94,10 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reference). ``chat_template``: ``"auto"`` renders the checkpoint's own template (else a
     built-in format), ``"bitnet"`` / ``"llama3"`` force a built-in one. ``i2s_layout``: the block
     layout of a bitnet.cpp I2_S GGUF, ``"x86"`` or ``"arm"`` (the file does not record it).
-    ``diffusion``: defaults for DLM requests that leave a field unset.
+    ``diffusion``: defaults for DLM requests that leave a field unset. ``isa``: force a kernel
+    table (``"avx2"``, ``"generic"``...; empty: the best this CPU runs). ``ternary_kernel``:
+    force the ternary GEMM (``"tiles"`` or a LUT kernel's name; empty or ``"auto"``: chosen per
+    row count by a calibration at load, cached per CPU). ``stats()`` reports both choices.
     """
 
     max_num_seqs: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
@@ -104,6 +107,7 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     num_threads: _NonNegInt = 0
     lm_head: Literal["int8", "fp32"] = "int8"
     isa: str = ""
+    ternary_kernel: str = ""
     chat_template: Literal["auto", "bitnet", "llama3"] = "auto"
     i2s_layout: Literal["x86", "arm"] = "x86"
     diffusion: DiffusionParams = msgspec.field(default_factory=DiffusionParams)
