@@ -26,12 +26,9 @@ import datetime as dt
 import itertools
 import json
 import os
-import re
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,47 +37,12 @@ import httpx
 from wrinklefree_rt import random_model as synth
 
 from . import artifacts, peer
+from .server_process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 600
 REQUEST_TIMEOUT_S = 1800
 OURS, PEER = "wrinklefree_rt", "llama-cpp-python"
-
-
-class ServerProcess:
-    """A server subprocess on 127.0.0.1, its output in a log file, waited for (bounded)."""
-
-    def __init__(self, name: str, cmd: list[str], url: str | None, ready_path: str):
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"http-load-{name}-", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        self.url = url
-        while True:
-            if self.url is None:
-                found = re.search(r"on (http://127\.0\.0\.1:\d+)", Path(self.log.name).read_text())
-                self.url = found and found.group(1)
-            if self.url is not None:
-                try:
-                    if httpx.get(self.url + ready_path, timeout=5).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"{name} did not come up:\n{Path(self.log.name).read_text()[-3000:]}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-        self.log.close()
-        os.unlink(self.log.name)
 
 
 def _free_port() -> int:
@@ -94,7 +56,7 @@ def start_ours(model_dir: Path, threads: int, max_clients: int, positions: int) 
            "--served-model-name", "bench", "--threads", str(threads), "--max-num-seqs", str(max_clients),
            "--kv-cache-tokens", str(max_clients * positions), "--max-waiting", str(4 * max_clients),
            "--log-level", "warning"]
-    return ServerProcess(OURS, cmd, None, "/health")
+    return ServerProcess(OURS, cmd, None, "/health", START_TIMEOUT_S)
 
 
 def start_peer(gguf: Path, threads: int, positions: int) -> ServerProcess:
@@ -103,7 +65,7 @@ def start_peer(gguf: Path, threads: int, positions: int) -> ServerProcess:
            "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
            "--n_threads_batch", str(threads), "--n_ctx", str(max(512, positions)),
            "--interrupt_requests", "False"]  # its default cancels a running stream when another request arrives
-    return ServerProcess(PEER, cmd, f"http://127.0.0.1:{port}", "/v1/models")
+    return ServerProcess(PEER, cmd, f"http://127.0.0.1:{port}", "/v1/models", START_TIMEOUT_S)
 
 
 async def _one_request(client: httpx.AsyncClient, body: dict) -> dict:

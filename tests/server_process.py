@@ -3,22 +3,19 @@ started, waited for (bounded), reached, stopped."""
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import openai
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.server_process import ServerProcess
+
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, model_dir: Path, *args: str, kind: str = "uvicorn", api_key: str | None = None,
                  model: str = "tiny"):
         self.kind, self.api_key, self.model = kind, api_key, model
@@ -26,28 +23,7 @@ class Server:
                "--served-model-name", model, "--server", kind, "--log-level", "warning", *args]
         if api_key:
             cmd += ["--api-key", api_key]
-        # Output to a file, not a pipe: a pipe nobody reads would block the server once full.
-        self.log = tempfile.NamedTemporaryFile(prefix="wfrt-serve-", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        self.url = None
-        while True:  # the URL is printed first; the engine is up once /health answers
-            if self.url is None:
-                found = re.search(r"on (http://127\.0\.0\.1:\d+)", Path(self.log.name).read_text())
-                self.url = found and found.group(1)
-            if self.url is not None:
-                try:
-                    if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"the server did not come up: {self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text()
+        super().__init__("serve", cmd, None, "/health", START_TIMEOUT_S)
 
     @property
     def headers(self) -> dict:
@@ -75,16 +51,6 @@ class Server:
                 name, value = line.rsplit(" ", 1)
                 out[name] = float(value)
         return out
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(15)
-        self.log.close()
-        Path(self.log.name).unlink()
 
 
 def metric(m: dict, name: str, model: str = "tiny", **labels) -> float:
