@@ -11,6 +11,7 @@ from tiny_models import make_hf_model, save_hf_model
 from wrinklefree_rt.formats import load_model_dir
 
 from wrinklefree_rt import _core
+from wrinklefree_rt.verify import prefill_logits
 
 PROMPT_LEN = 24
 
@@ -19,14 +20,8 @@ def engine_logits(path, prompt: np.ndarray, lm_head: str = "fp32", isa: str = ""
                   i2s_layout: str = "x86") -> np.ndarray:
     """Full logits for every position of one causal prefill."""
     cfg, tensors = load_model_dir(path, i2s_layout)
-    eng = _core.BitNetBatchEngine(cfg, tensors, num_threads=1, max_slots=2, lm_head=lm_head, isa=isa)
-    slot = eng.alloc_sequence(1)
-    n = len(prompt)
-    eng.reserve(slot, n)
-    rows = np.arange(n, dtype=np.int32)
-    _, _, logits = eng.step(np.full(n, slot, np.int32), rows, prompt.astype(np.int32), rows,
-                            out_mode=np.full(n, 2, np.int32))
-    return logits
+    return prefill_logits(_core.BitNetBatchEngine(cfg, tensors, num_threads=1, max_slots=2, lm_head=lm_head, isa=isa),
+                          prompt)
 
 
 def hf_logits(model, prompt: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from ._core import BitNetBatchEngine, OutMode
 from .config import ModelConfig
 from .formats import load_model_dir, single_file_format
 from .formats.canonical import Tensor
@@ -166,18 +167,25 @@ def _hf_logits(model, prompt: np.ndarray, layers: int | None = None) -> np.ndarr
 
 def _engine_logits(cfg: ModelConfig, tensors: Mapping[str, Tensor], prompt: np.ndarray,
                    layers: int | None = None) -> np.ndarray:
-    from ._core import BitNetBatchEngine, OutMode
     if layers is not None:
         cfg = msgspec.structs.replace(cfg, num_hidden_layers=layers)
         keep = _canonical_set(cfg)
         tensors = {k: v for k, v in tensors.items() if k in keep}
-    eng = BitNetBatchEngine(cfg, dict(tensors), num_threads=0, max_slots=1, lm_head="fp32")
+    return prefill_logits(BitNetBatchEngine(cfg, dict(tensors), num_threads=0, max_slots=1, lm_head="fp32"), prompt)
+
+
+def prefill_logits(core: BitNetBatchEngine, prompt: np.ndarray) -> np.ndarray:
+    """The logits of every position of one causal prefill of ``prompt`` on a fresh sequence of
+    ``core`` (freed again)."""
     n = len(prompt)
-    slot = eng.alloc_sequence(1)
-    eng.reserve(slot, n)
-    rows = np.arange(n, dtype=np.int32)
-    _, _, logits = eng.step(np.full(n, slot, np.int32), rows, prompt.astype(np.int32), rows,
-                            out_mode=np.full(n, OutMode.LOGITS, np.int32))
+    slot = core.alloc_sequence(1)
+    try:
+        core.reserve(slot, n)
+        rows = np.arange(n, dtype=np.int32)
+        _, _, logits = core.step(np.full(n, slot, np.int32), rows, prompt.astype(np.int32), rows,
+                                 out_mode=np.full(n, OutMode.LOGITS, np.int32))
+    finally:
+        core.free_sequence(slot)
     return np.asarray(logits)
 
 
