@@ -48,21 +48,32 @@ def long_prompt(n: int, seed: int) -> list[int]:
 
 
 def test_requests_end_exactly_at_the_last_position(engine, model):
-    ar_prompt, dlm_prompt = long_prompt(LAST - 4, 1), long_prompt(LAST - 7, 2)
+    ar_prompt, dlm_prompt, causal_prompt = long_prompt(LAST - 4, 1), long_prompt(LAST - 7, 2), long_prompt(LAST - 20, 3)
     ar = SamplingParams(max_tokens=4, ignore_eos=True)
     dlm_sp = SamplingParams(max_tokens=7, ignore_eos=True)
     dlm = DiffusionParams(block_size=4, threshold=0.7, mask_token_id=MASK, attention="block", shift=False)
+    # Causal attention runs no row past the limit, so a block may reach past the model's end
+    # (1100 is not a multiple of 32); block-causal rows need their whole block.
+    causal_sp = SamplingParams(max_tokens=20, ignore_eos=True)
+    causal = DiffusionParams(block_size=32, sub_block_size=8, threshold=0.7, mask_token_id=MASK)
+    block32 = DiffusionParams(block_size=32, threshold=0.7, mask_token_id=MASK, attention="block", shift=False)
 
     async def run():
         async with engine:
-            outs = [await engine.generate(ar_prompt, ar), await engine.generate(dlm_prompt, dlm_sp, diffusion=dlm)]
-            for p, sp, d in ((ar_prompt, {"max_tokens": 5}, None), (dlm_prompt, {"max_tokens": 8}, dlm)):
+            outs = [await engine.generate(ar_prompt, ar), await engine.generate(dlm_prompt, dlm_sp, diffusion=dlm),
+                    await engine.generate(causal_prompt, causal_sp, diffusion=causal)]
+            for p, sp, d in ((ar_prompt, {"max_tokens": 5}, None), (dlm_prompt, {"max_tokens": 8}, dlm),
+                             (causal_prompt, {"max_tokens": 21}, causal), (causal_prompt, causal_sp, block32)):
                 with pytest.raises(InvalidRequestError, match=f"positions; the model has {LAST}"):
                     await engine.generate(p, sp, diffusion=d)
             await settle(engine)
         return outs
 
-    out_ar, out_dlm = anyio.run(run)
+    out_ar, out_dlm, out_causal = anyio.run(run)
+    assert len(out_causal.prompt_token_ids) + len(out_causal.token_ids) == LAST
+    assert out_causal.token_ids == reference_dlm(model, causal_prompt, block=32, sub_block=8, threshold=0.7,
+                                                 mask_id=MASK, shift=True, block_causal=False, max_tokens=20,
+                                                 stop_ids=set())
     assert len(out_ar.prompt_token_ids) + len(out_ar.token_ids) == LAST
     assert out_ar.token_ids == reference_ar(model, ar_prompt, 4, mask_id=MASK)
     assert len(out_dlm.prompt_token_ids) + len(out_dlm.token_ids) == LAST

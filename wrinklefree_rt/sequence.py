@@ -138,8 +138,11 @@ class Sequence:
     # ----- geometry -------------------------------------------------------------------------
     @property
     def kv_positions(self) -> int:
-        """KV positions to reserve: up to the end of the block holding the last allowed token."""
-        return self._align(self.limit + self.block - 1, self.block)
+        """KV positions to reserve: the last allowed token's; with block-causal attention, the
+        end of its block (every row of a block runs, masks past the limit included)."""
+        if self.attn_block > 1:
+            return self._align(self.limit + self.attn_block - 1, self.attn_block)
+        return self.limit
 
     @staticmethod
     def _align(n: int, b: int) -> int:
