@@ -177,6 +177,7 @@ def test_q4_pack_matches_definition(N, K):
     W[0, :min(K, 32)] = 0  # an all-zero group: scale 0, codes 0
     codes, scales = _core.q4_pack(W)
     assert codes.nbytes == -(-N // 8) * 8 * -(-K // 32) * 16 and scales.size == codes.nbytes // 16
+    assert _core.q4_sizes(N, K) == (codes.nbytes, scales.size)
     q, d = _core.q4_unpack(codes, scales, N, K)
     q_want, d_want = q4_quantize_reference(W)
     np.testing.assert_array_equal(q, q_want)

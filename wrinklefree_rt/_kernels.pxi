@@ -268,6 +268,12 @@ def i8_gemm(name, W, X, out=None, n0=None, n1=None):
     return y
 
 
+def q4_sizes(int N, int K):
+    """(code bytes, scale count) of the q4 layout of an (N, K) matrix."""
+    _k_check_dims(N=N, K=K)
+    return _k_q4_code_bytes(N, K), _k_q4_scale_count(N, K)
+
+
 def q4_pack(W):
     """The q4 layout of a float (N, K) matrix: (codes uint8 (q4_code_bytes,), scales float32)."""
     cdef const float[:, ::1] w = _k_np.ascontiguousarray(W, dtype=_k_np.float32)

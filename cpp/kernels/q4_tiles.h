@@ -8,7 +8,7 @@
 
 // Activation rows per register block (their int16 or int32 dots and float sums stay in registers),
 // and groups whose activation sums one pass keeps on the stack (K above 32768 takes several).
-constexpr int kQ4Rows = 4;
+constexpr int kQ4Rows = 3;
 constexpr int kQ4SpanGroups = 1024;
 constexpr size_t kQ4PrefetchBytes = 8192;
 
@@ -23,24 +23,28 @@ inline void q4_tile(const uint8_t* codes, const float* scales, const int8_t* X, 
     WFRT_UNROLL for (int m = 0; m < MA; ++m) acc[m] = _mm256_loadu_ps(acc_io[m]);
     for (int g = g0; g < g1; ++g) {
         const uint8_t* c = codes + (size_t)g * kQ4RowTile * 16;
+        // Both 64-byte lines of the group's codes, and its scales, the same groups ahead.
         _mm_prefetch((const char*)(c + kQ4PrefetchBytes), _MM_HINT_T0);
-        _mm_prefetch((const char*)(scales + (size_t)g * kQ4RowTile + kQ4PrefetchBytes / 4), _MM_HINT_T0);
-        typename D::V dots[MA];
-        WFRT_UNROLL for (int m = 0; m < MA; ++m) dots[m] = D::zero();
+        _mm_prefetch((const char*)(c + kQ4PrefetchBytes + 64), _MM_HINT_T0);
+        _mm_prefetch((const char*)(scales + (size_t)g * kQ4RowTile) + kQ4PrefetchBytes / 4, _MM_HINT_T0);
+        // Low and high nibbles in separate sums: two short dependency chains instead of one long.
+        typename D::V dots[MA][2];
+        WFRT_UNROLL for (int m = 0; m < MA; ++m) dots[m][0] = dots[m][1] = D::zero();
         WFRT_UNROLL for (int j = 0; j < 4; ++j) {
             const __m256i raw = _mm256_loadu_si256((const __m256i*)(c + 32 * j));
             const __m256i lo = _mm256_and_si256(raw, nibble);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);
             WFRT_UNROLL for (int m = 0; m < MA; ++m) {
                 const int8_t* x = X + (size_t)m * ldx + (size_t)g * kQ4Group + 4 * j;
-                // int16 dots (maddubs) peak at 8 * 2 * 15 * 128 = 30720: no overflow in a group.
-                dots[m] = D::dot(dots[m], lo, D::bcast(x));
-                dots[m] = D::dot(dots[m], hi, D::bcast(x + 16));
+                // int16 dots (maddubs) peak at 4 * 2 * 15 * 128 = 15360: no overflow in a group.
+                dots[m][0] = D::dot(dots[m][0], lo, D::bcast(x));
+                dots[m][1] = D::dot(dots[m][1], hi, D::bcast(x + 16));
             }
         }
         const __m256 d = _mm256_loadu_ps(scales + (size_t)g * kQ4RowTile);
         WFRT_UNROLL for (int m = 0; m < MA; ++m) {
-            const __m256i s = _mm256_sub_epi32(D::widen(dots[m]), _mm256_set1_epi32(xs8[m][g - g0]));
+            const __m256i sum = _mm256_add_epi32(D::widen(dots[m][0]), D::widen(dots[m][1]));
+            const __m256i s = _mm256_sub_epi32(sum, _mm256_set1_epi32(xs8[m][g - g0]));
             acc[m] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[m]);
         }
     }
