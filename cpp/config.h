@@ -13,6 +13,6 @@ struct ModelSpec {
     bool tie_word_embeddings = false;  // the LM head is embed_tokens (an lm_head tensor is then ignored)
 };
 
-enum class LmHeadPrecision { F32 = 0, I8 = 1 };
+enum class LmHeadPrecision { F32 = 0, I8 = 1, Q4 = 2 };
 
 }  // namespace wfrt

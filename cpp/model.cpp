@@ -77,6 +77,24 @@ void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& he
     head.row_scale = head.owned_scale.data();
 }
 
+// Fails with BadTensor(name) on a non-finite weight (the group scale would be meaningless).
+void quantize_head_q4(const float* w, int V, int H, const char* name, ThreadPool& pool, LmHead& head) {
+    head.q4_codes.assign(q4_code_bytes(V, H), 0);
+    head.q4_scales.assign(q4_scale_count(V, H), 0.0f);
+    RowSplit split(V, pool.size());
+    // Exceptions must not leave a worker thread.
+    std::vector<std::string> errors(split.tasks);
+    pool.parallel_for(split.tasks, [&](int t, int) {
+        try {
+            q4_pack_rows(w, V, H, split.begin(t), split.end(t), head.q4_codes.data(), head.q4_scales.data());
+        } catch (const std::exception& e) {
+            errors[t] = e.what();
+        }
+    });
+    for (const std::string& e : errors)
+        if (!e.empty()) throw BadTensor(name, e);
+}
+
 }  // namespace
 
 RowSplit::RowSplit(int n, int threads, int per_thread) : N(n) {
@@ -164,13 +182,18 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
         if (!entry.used)
             throw BadTensor(name, "is not a tensor of this model (config: " + std::to_string(cfg.num_layers) + " layers)");
 
-    if (head_f32 == nullptr && (precision == LmHeadPrecision::F32 || head_i8 == nullptr))
+    if (head_f32 == nullptr && (precision != LmHeadPrecision::I8 || head_i8 == nullptr))
         throw BadTensor("lm_head", std::string("missing (tie_word_embeddings is false") +
-                                       (head_i8 ? "; the fp32 head needs the float weights, only lm_head_i8 was given)" : ")"));
+                                       (head_i8 ? std::string("; the ") + (precision == LmHeadPrecision::F32 ? "fp32" : "q4") +
+                                                      " head needs the float weights, only lm_head_i8 was given)"
+                                                : ")"));
 
     head.precision = precision;
     if (precision == LmHeadPrecision::F32) {
         head.f32 = static_cast<const float*>(head_f32->data);
+    } else if (precision == LmHeadPrecision::Q4) {
+        quantize_head_q4(static_cast<const float*>(head_f32->data), V, H,
+                         cfg.tie_word_embeddings ? "embed_tokens" : "lm_head", pool, head);
     } else if (head_i8) {
         head.i8 = static_cast<const int8_t*>(head_i8->data);
         head.row_scale = static_cast<const float*>(head_i8_scales->data);
@@ -324,6 +347,18 @@ void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float
     int32_t unused_sum;
     for (int r = 0; r < M; ++r)
         c.k->quantize_row_i8(x + static_cast<size_t>(r) * H, H, Hp, xq + static_cast<size_t>(r) * Hp, a + r, &unused_sum);
+    if (m.head.precision == LmHeadPrecision::Q4) {
+        c.pool->parallel_for(split.tasks, [&](int t, int) {
+            const int n0 = split.begin(t), n1 = split.end(t);
+            c.k->q4_gemm(m.head.q4_codes.data(), m.head.q4_scales.data(), V, H, xq, Hp, M, out, V, n0, n1);
+            for (int r = 0; r < M; ++r) {
+                const float inv_a = 1.0f / a[r];
+                float* yo = out + static_cast<size_t>(r) * V;
+                for (int n = n0; n < n1; ++n) yo[n] *= inv_a;
+            }
+        });
+        return;
+    }
     c.pool->parallel_for(split.tasks, [&](int t, int) {
         const int n0 = split.begin(t), n1 = split.end(t);
         c.k->i8_gemm(m.head.i8, V, H, xq, Hp, M, y32, V, n0, n1);

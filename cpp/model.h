@@ -30,6 +30,8 @@ struct LayerWeights {
 
 // The LM head, (V x H). F32: rows of floats. I8: int8 rows and one float scale per row
 // (w ~ q * row_scale), quantized at load from the float head or taken from `lm_head_i8`.
+// Q4: 4-bit codes with one float scale per 32 inputs (kernels' q4 layout, ternary.h), quantized
+// at load from the float head.
 struct LmHead {
     LmHeadPrecision precision = LmHeadPrecision::F32;
     const float* f32 = nullptr;
@@ -37,6 +39,8 @@ struct LmHead {
     const float* row_scale = nullptr;
     std::vector<int8_t> owned_i8;
     std::vector<float> owned_scale;
+    std::vector<uint8_t> q4_codes;
+    std::vector<float> q4_scales;
 };
 
 struct Model {
@@ -92,8 +96,8 @@ void rope_angles(const float* inv_freq, int half, int pos, float* cos_sin);
 // NeoX (rotate-half) RoPE in place on `n_heads` heads of one row, by that row's rope_angles.
 void rope_row(float* v, int n_heads, int head_dim, const float* cos_sin);
 
-// Logits for M rows of final hidden states x (M x H): out (M x V). For the int8 head, xq/a/y32
-// are scratch of M x ternary_padded_k(H) int8, M floats and M x V int32.
+// Logits for M rows of final hidden states x (M x H): out (M x V). For the int8 and q4 heads,
+// xq/a/y32 are scratch of M x ternary_padded_k(H) int8, M floats and M x V int32 (int8 only).
 void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float* out,
                   int8_t* xq, float* a, int32_t* y32);
 

@@ -370,6 +370,8 @@ def test_bad_engine_config(text_model_dir):
         Engine.from_pretrained(text_model_dir, diffusion={"threshold": -1})
     with pytest.raises(ValueError, match="lm_head"):
         Engine.from_pretrained(text_model_dir, lm_head="int4")
+    with pytest.raises(InvalidRequestError, match=r"Invalid enum value 'q3' - at `\$\.lm_head`"):
+        Engine.from_pretrained(text_model_dir, lm_head="q3")
 
 
 def test_where_dlm_settings_come_from(text_model_dir, tmp_path):

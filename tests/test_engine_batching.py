@@ -100,7 +100,7 @@ def test_reused_slot_equals_fresh_engine(model, attn_block):
     assert np.array_equal(reused, fresh)
 
 
-@pytest.mark.parametrize("lm_head", ["fp32", "int8"])
+@pytest.mark.parametrize("lm_head", ["fp32", "int8", "q4"])
 def test_every_isa_matches_generic(model, lm_head):
     cfg, tensors = model
     ids = random_ids(cfg, 40, seed=6)

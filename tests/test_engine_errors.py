@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engine_helpers import fresh_sequence, hf_and_tensors, make_engine, prefill, random_ids
+from wrinklefree_rt._core import quantize_lm_head_i8
 from wrinklefree_rt.errors import (KVCacheFullError, ModelFormatError, NoFreeSlotError,
                                    StepCancelledError, WrinklefreeError)
 from wrinklefree_rt.formats.ternary import TernaryWeight
@@ -131,7 +132,7 @@ def test_bad_engine_options(model):
     cfg, tensors = model
     with pytest.raises(ValueError, match="isa 'nope'"):
         make_engine(cfg, tensors, isa="nope")
-    with pytest.raises(ValueError, match="lm_head"):
+    with pytest.raises(ValueError, match="lm_head must be 'int8', 'q4' or 'fp32', got 'fp8'"):
         make_engine(cfg, tensors, lm_head="fp8")
     with pytest.raises(ValueError, match="page_size"):
         make_engine(cfg, tensors, page_size=0)
@@ -167,6 +168,24 @@ def test_bad_tensors_are_model_format_errors(model):
         with pytest.raises(ModelFormatError, match=message) as info:
             make_engine(cfg, _replace(tensors, name, value))
         assert info.value.tensor == name, case
+
+
+def test_q4_head_needs_finite_float_weights(model):
+    cfg, tensors = model
+    assert "lm_head" in tensors  # untied: the float head is its own tensor
+    head = tensors["lm_head"]
+    q, scales = quantize_lm_head_i8(head)
+    only_i8 = dict(_replace(tensors, "lm_head", None), lm_head_i8=q, **{"lm_head_i8.scales": scales})
+    make_engine(cfg, only_i8, lm_head="int8")  # the int8 head runs on it as it is
+    for lm_head in ("q4", "fp32"):
+        with pytest.raises(ModelFormatError, match=f"the {lm_head} head needs the float weights") as info:
+            make_engine(cfg, only_i8, lm_head=lm_head)
+        assert info.value.tensor == "lm_head"
+    bad = head.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ModelFormatError, match="row 3, column 5 is not finite") as info:
+        make_engine(cfg, _replace(tensors, "lm_head", bad), lm_head="q4")
+    assert info.value.tensor == "lm_head"
 
 
 def test_inconsistent_config_is_value_error(model):

@@ -157,6 +157,97 @@ def test_simd_tables_equal_generic_on_model_shapes(name):
                                       _core.ternary_gemm("generic", packed, N, K, X))
 
 
+
+def q4_quantize_reference(W):
+    """The q4 layout's definition: per 32-input group d = max|w| / 7, q = clip(rint(w / d), -8, 7)."""
+    N, K = W.shape
+    G = -(-K // 32)
+    Wp = np.zeros((N, G * 32), np.float32)
+    Wp[:, :K] = W
+    Wg = Wp.reshape(N, G, 32)
+    d = np.abs(Wg).max(-1) / np.float32(7)
+    q = np.clip(np.rint(Wg / np.where(d > 0, d, 1)[..., None]), -8, 7).astype(np.int8)
+    return q.reshape(N, G * 32)[:, :K], d
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (7, 31), (8, 32), (9, 33), (70, 300), (130, 1000)])
+def test_q4_pack_matches_definition(N, K):
+    rng = np.random.default_rng(N * 1000 + K)
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    W[0, :min(K, 32)] = 0  # an all-zero group: scale 0, codes 0
+    codes, scales = _core.q4_pack(W)
+    assert codes.nbytes == -(-N // 8) * 8 * -(-K // 32) * 16 and scales.size == codes.nbytes // 16
+    assert _core.q4_sizes(N, K) == (codes.nbytes, scales.size)
+    q, d = _core.q4_unpack(codes, scales, N, K)
+    q_want, d_want = q4_quantize_reference(W)
+    np.testing.assert_array_equal(q, q_want)
+    np.testing.assert_array_equal(d, d_want)
+    assert (d[0, 0] == 0) and (q[0, :min(K, 32)] == 0).all()
+
+
+def test_q4_pack_refuses_non_finite_weights():
+    W = np.zeros((3, 40), np.float32)
+    W[2, 35] = np.inf
+    with pytest.raises(ValueError, match="row 2, column 35 is not finite"):
+        _core.q4_pack(W)
+    with pytest.raises(ValueError, match="expected"):
+        _core.q4_unpack(np.zeros(10, np.uint8), np.zeros(8, np.float32), 8, 32)
+
+
+def q4_gemm_reference(q, d, X):
+    """sum over groups in order of d * (exact integer group dot), each step rounded once to float32
+    (fmaf), in float64 arithmetic (exact but for rare sums spanning over 53 bits)."""
+    N, K = q.shape
+    G = d.shape[1]
+    qp = np.zeros((N, G * 32), np.int64)
+    qp[:, :K] = q
+    S = np.einsum("ngk,mgk->mng", qp.reshape(N, G, 32), X[:, :G * 32].astype(np.int64).reshape(len(X), G, 32))
+    acc = np.zeros((len(X), N), np.float32)
+    for g in range(G):
+        acc = (d[:, g].astype(np.float64) * S[:, :, g] + acc).astype(np.float32)
+    return acc
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_q4_gemm_matches_reference(name):
+    # Ragged N around the 8-row tiles, K off the 32/128 multiples, M around the 4-row blocks.
+    rng = np.random.default_rng(19)
+    for N in NS:
+        for K in KS:
+            W = rng.standard_normal((N, K)).astype(np.float32)
+            codes, scales = _core.q4_pack(W)
+            q, d = _core.q4_unpack(codes, scales, N, K)
+            for M in [1, 2, 3, 4, 5, 7, 9, 33, 70]:
+                # Activations past K are arbitrary: q = 0 there.
+                X = rng.integers(-127, 128, (M, _core.ternary_padded_k(K) + 32)).astype(np.int8)
+                X.flat[0] = -127
+                got = _core.q4_gemm(name, codes, scales, N, K, X)
+                if name == "generic":
+                    np.testing.assert_allclose(got, q4_gemm_reference(q, d, X), rtol=1e-6, atol=1e-30,
+                                               err_msg=f"N={N} K={K} M={M}")
+                else:  # bit-identical by construction (ternary.h)
+                    np.testing.assert_array_equal(got, _core.q4_gemm("generic", codes, scales, N, K, X),
+                                                  err_msg=f"{name} N={N} K={K} M={M}")
+
+
+@pytest.mark.parametrize("name", SIMD)
+def test_q4_gemm_row_ranges_and_wide_shapes(name):
+    # K = 2560 (2B-4T): 400 rows span several L2 bands when M > 4; K = 33000: more groups than
+    # one pass keeps activation sums for.
+    rng = np.random.default_rng(23)
+    for N, K in [(400, 2560), (40, 33000)]:
+        W = rng.standard_normal((N, K)).astype(np.float32)
+        codes, scales = _core.q4_pack(W)
+        for M in (1, 6):
+            X = rng.integers(-127, 128, (M, _core.ternary_padded_k(K))).astype(np.int8)
+            want = _core.q4_gemm("generic", codes, scales, N, K, X)
+            for n0, n1 in [(0, N), (0, 32), (5, 6), (17, N - 1), (33, 33)]:
+                out = np.full((M, N), -7, np.float32)
+                _core.q4_gemm(name, codes, scales, N, K, X, out=out, n0=n0, n1=n1)
+                np.testing.assert_array_equal(out[:, n0:n1], want[:, n0:n1], err_msg=f"N={N} K={K} M={M}")
+                assert (out[:, :n0] == -7).all() and (out[:, n1:] == -7).all()
+
+
 # Attention: head widths around the 8/16-float vectors and the 8-vector register blocks, GQA
 # groups around the 4-head blocks, cache rows wider than a head (a KV head's slice of a row).
 ATTN_DS = [1, 7, 8, 16, 17, 64, 128, 130]

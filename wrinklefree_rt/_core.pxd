@@ -22,6 +22,7 @@ cdef extern from "config.h" namespace "wfrt" nogil:
     cdef enum class LmHeadPrecision(int):
         F32
         I8
+        Q4
 
 
 cdef extern from "tensor.h" namespace "wfrt" nogil:

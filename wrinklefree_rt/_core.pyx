@@ -179,8 +179,10 @@ cdef class BitNetBatchEngine:
             opt.lm_head = LmHeadPrecision.I8
         elif lm_head == "fp32":
             opt.lm_head = LmHeadPrecision.F32
+        elif lm_head == "q4":
+            opt.lm_head = LmHeadPrecision.Q4
         else:
-            raise ValueError(f"lm_head must be 'int8' or 'fp32', got {lm_head!r}")
+            raise ValueError(f"lm_head must be 'int8', 'q4' or 'fp32', got {lm_head!r}")
         opt.isa = str(isa).encode()
         opt.ternary_kernel = str(ternary_kernel).encode()
         cdef vector[NamedTensor] named

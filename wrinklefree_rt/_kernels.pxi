@@ -11,6 +11,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     ctypedef void (*_KQuantizeFn)(const float*, int, int, _k_i8*, float*, _k_i32*) noexcept nogil
     ctypedef void (*_KTernaryFn)(const _k_u8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
     ctypedef void (*_KI8Fn)(const _k_i8*, int, int, const _k_i8*, int, int, _k_i32*, int, int, int) noexcept nogil
+    ctypedef void (*_KQ4Fn)(const _k_u8*, const float*, int, int, const _k_i8*, int, int, float*, int, int, int) noexcept nogil
     ctypedef void (*_KF32Fn)(const float*, int, int, const float*, int, int, float*, int, int, int) noexcept nogil
     ctypedef void (*_KAttnScoresFn)(const float*, int, int, int, const float*, int, int, float, float*, int) noexcept nogil
     ctypedef void (*_KAttnAccFn)(const float*, int, int, int, const float*, int, int, float*, int) noexcept nogil
@@ -23,6 +24,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
         _KQuantizeFn quantize_row_i8
         _KTernaryFn ternary_gemm
         _KI8Fn i8_gemm
+        _KQ4Fn q4_gemm
         _KF32Fn f32_gemm
         _KAttnScoresFn attn_scores
         _KAttnAccFn attn_accumulate
@@ -35,6 +37,12 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
     void _k_unpack "wfrt::ternary_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
     int _k_padded_k "wfrt::ternary_padded_k"(int K)
     int _k_layout_version "wfrt::ternary_layout_version"()
+    int _k_q4_groups "wfrt::q4_groups"(int K)
+    size_t _k_q4_code_bytes "wfrt::q4_code_bytes"(int N, int K)
+    size_t _k_q4_scale_count "wfrt::q4_scale_count"(int N, int K)
+    void _k_q4_pack_rows "wfrt::q4_pack_rows"(const float* w, int N, int K, int n0, int n1, _k_u8* codes,
+                                              float* scales) except +
+    void _k_q4_unpack "wfrt::q4_unpack"(const _k_u8* codes, const float* scales, int N, int K, _k_i8* q, float* d)
     const _KTable& _k_kernels "wfrt::kernels"() except +
     _k_vector[const _KTable*] _k_supported "wfrt::supported_kernels"()
     const _KTable* _k_by_name "wfrt::kernels_by_name"(const _k_string& name)
@@ -257,6 +265,71 @@ def i8_gemm(name, W, X, out=None, n0=None, n1=None):
     a, b = _k_range(N, n0, n1)
     with nogil:
         t.i8_gemm(&w[0, 0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
+    return y
+
+
+def q4_sizes(int N, int K):
+    """(code bytes, scale count) of the q4 layout of an (N, K) matrix."""
+    _k_check_dims(N=N, K=K)
+    return _k_q4_code_bytes(N, K), _k_q4_scale_count(N, K)
+
+
+def q4_pack(W):
+    """The q4 layout of a float (N, K) matrix: (codes uint8 (q4_code_bytes,), scales float32)."""
+    cdef const float[:, ::1] w = _k_np.ascontiguousarray(W, dtype=_k_np.float32)
+    cdef int N = w.shape[0], K = w.shape[1]
+    _k_check_dims(N=N, K=K)
+    codes = _k_np.zeros(_k_q4_code_bytes(N, K), dtype=_k_np.uint8)
+    scales = _k_np.zeros(_k_q4_scale_count(N, K), dtype=_k_np.float32)
+    cdef _k_u8[::1] c = codes
+    cdef float[::1] s = scales
+    _k_q4_pack_rows(&w[0, 0], N, K, 0, N, &c[0], &s[0])
+    return codes, scales
+
+
+cdef tuple _k_q4_packed(codes, scales, int N, int K):
+    _k_check_dims(N=N, K=K)
+    c = _k_np.ascontiguousarray(codes, dtype=_k_np.uint8).reshape(-1)
+    s = _k_np.ascontiguousarray(scales, dtype=_k_np.float32).reshape(-1)
+    if <size_t>c.shape[0] != _k_q4_code_bytes(N, K) or <size_t>s.shape[0] != _k_q4_scale_count(N, K):
+        raise ValueError(f"q4 weights hold {c.shape[0]} code bytes and {s.shape[0]} scales, expected "
+                         f"{_k_q4_code_bytes(N, K)} and {_k_q4_scale_count(N, K)} for N={N}, K={K}")
+    return c, s
+
+
+def q4_unpack(codes, scales, int N, int K):
+    """Inverse of q4_pack's layout: codes (N, K) int8 in [-8, 7] and scales (N, groups) float32."""
+    c_arr, s_arr = _k_q4_packed(codes, scales, N, K)
+    cdef const _k_u8[::1] c = c_arr
+    cdef const float[::1] s = s_arr
+    q = _k_np.empty((N, K), dtype=_k_np.int8)
+    d = _k_np.empty((N, _k_q4_groups(K)), dtype=_k_np.float32)
+    cdef _k_i8[:, ::1] qv = q
+    cdef float[:, ::1] dv = d
+    _k_q4_unpack(&c[0], &s[0], N, K, &qv[0, 0], &dv[0, 0])
+    return q, d
+
+
+def q4_gemm(name, codes, scales, int N, int K, X, out=None, n0=None, n1=None):
+    """Y (M, N) float32 = sum over groups of scale * (exact int group dot of codes and X), for rows
+    n in [n0, n1) (KernelTable::q4_gemm). X: (M, >= q4_groups(K) * 32) int8."""
+    cdef const _KTable* t = _k_table(name)
+    c_arr, s_arr = _k_q4_packed(codes, scales, N, K)
+    cdef const _k_u8[::1] c = c_arr
+    cdef const float[::1] s = s_arr
+    cdef const _k_i8[:, ::1] x = _k_np.ascontiguousarray(X, dtype=_k_np.int8)
+    cdef int M = x.shape[0], ldx = x.shape[1]
+    _k_check_dims(M=M)
+    if ldx < _k_q4_groups(K) * 32:
+        raise ValueError(f"activations have {ldx} columns, the kernels need {_k_q4_groups(K) * 32} (K={K} padded)")
+    y = _k_np.zeros((M, N), dtype=_k_np.float32) if out is None else out
+    cdef float[:, ::1] yv = y
+    if yv.shape[0] != M or yv.shape[1] != N:
+        raise ValueError(f"out has shape {tuple(y.shape)}, expected {(M, N)}")
+    cdef int a, b
+    a, b = _k_range(N, n0, n1)
+    with nogil:
+        t.q4_gemm(&c[0], &s[0], N, K, &x[0, 0], ldx, M, &yv[0, 0], N, a, b)
     return y
 
 

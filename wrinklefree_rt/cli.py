@@ -47,7 +47,7 @@ def _parser(command: str, description: str, examples: str) -> argparse.ArgumentP
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: one per core)")
-    p.add_argument("--lm-head", choices=["int8", "fp32"], default="int8")
+    p.add_argument("--lm-head", choices=["int8", "q4", "fp32"], default="int8")
     p.add_argument("--i2s-layout", choices=["x86", "arm"], default="x86",
                    help="block layout of a bitnet.cpp I2_S GGUF: the build that wrote it (default x86)")
     p.add_argument("--chat-template", choices=["auto", "bitnet", "llama3"], default="auto",

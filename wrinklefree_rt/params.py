@@ -90,9 +90,10 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``max_num_seqs``: concurrent sequences (KV slots); more requests wait. ``kv_cache_tokens``:
     KV pool size in positions, 0 for enough for every slot at full model length.
     ``max_num_batched_tokens``: rows per forward; decode and denoising rows are packed first,
-    prefill chunks fill the rest. ``lm_head``: ``"int8"`` (fast) or ``"fp32"`` (exact
-    reference). ``chat_template``: ``"auto"`` renders the checkpoint's own template (else a
-    built-in format), ``"bitnet"`` / ``"llama3"`` force a built-in one. ``i2s_layout``: the block
+    prefill chunks fill the rest. ``lm_head``: ``"int8"`` (fast), ``"q4"`` (4-bit groups: fewer
+    bytes per token, less exact) or ``"fp32"`` (exact reference). ``chat_template``: ``"auto"``
+    renders the checkpoint's own template (else a built-in format), ``"bitnet"`` / ``"llama3"``
+    force a built-in one. ``i2s_layout``: the block
     layout of a bitnet.cpp I2_S GGUF, ``"x86"`` or ``"arm"`` (the file does not record it).
     ``diffusion``: defaults for DLM requests that leave a field unset. ``isa``: force a kernel
     table (``"avx2"``, ``"generic"``...; empty: the best this CPU runs). ``ternary_kernel``:
@@ -105,7 +106,7 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kv_cache_tokens: _NonNegInt = 0
     page_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
     num_threads: _NonNegInt = 0
-    lm_head: Literal["int8", "fp32"] = "int8"
+    lm_head: Literal["int8", "q4", "fp32"] = "int8"
     isa: str = ""
     ternary_kernel: str = ""
     chat_template: Literal["auto", "bitnet", "llama3"] = "auto"

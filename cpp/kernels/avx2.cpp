@@ -20,6 +20,8 @@ namespace {
 #include "row_tiles.h"
 #include "ymm.h"
 
+#include "q4_tiles.h"
+
 // maddubs: u8 codes x s8 activations -> int16 pair sums, accumulated in int16 for one K block.
 struct Avx2Dot : Ymm {
     static constexpr bool kWidens = true;
@@ -81,6 +83,11 @@ void i8_gemm_avx2(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M
     const RowMicro<int8_t, int32_t, I8Kernel> micro{W, K, X, ldx, Y, ldy};
     if (M == 1) rows_by_tiles<1, 1>(n0, n1, M, (size_t)K, micro);
     else rows_by_tiles<4, 2>(n0, n1, M, (size_t)K, micro);
+}
+
+void q4_gemm_avx2(const uint8_t* codes, const float* scales, int N, int K, const int8_t* X, int ldx, int M, float* Y,
+                  int ldy, int n0, int n1) {
+    q4_gemm_tiled<Avx2Dot>(codes, scales, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 template <int RW, int MA>
@@ -276,13 +283,17 @@ void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* sca
 void i8_gemm(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0, int n1) {
     i8_gemm_avx2(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
+void q4_gemm(const uint8_t* codes, const float* scales, int N, int K, const int8_t* X, int ldx, int M, float* Y,
+             int ldy, int n0, int n1) {
+    q4_gemm_avx2(codes, scales, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
 void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, float* Y, int ldy, int n0, int n1) {
     f32_gemm_avx2(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 }  // namespace avx2
 
 const KernelTable kAvx2Kernels = {
-    "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, f32_gemm_avx2,
+    "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, q4_gemm_avx2, f32_gemm_avx2,
     attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2, relu2_mul_avx2,
     softmax_avx2, sum_squares_avx2,
 };

@@ -1,5 +1,6 @@
 // AVX-512 VNNI kernels: one 512-bit vector holds a whole 16-row tile's int32 lanes, and vpdpbusd
-// takes the broadcast activation bytes straight from memory. Quantization is the AVX2 one.
+// takes the broadcast activation bytes straight from memory. Quantization and the q4 GEMM (8-row
+// tiles) are the AVX2 ones.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -228,7 +229,8 @@ double sum_squares_avx512(const float* x, int n) {
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
-    "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, f32_gemm_avx512vnni,
+    "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, avx2::q4_gemm,
+    f32_gemm_avx512vnni,
     attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512, relu2_mul_avx512,
     softmax_avx512, sum_squares_avx512,
 };

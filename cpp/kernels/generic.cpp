@@ -70,6 +70,34 @@ void i8_gemm_generic(const int8_t* W, int N, int K, const int8_t* X, int ldx, in
         }
 }
 
+// Code byte of (row n, k) in the q4 layout (ternary.h); k >= 16 within its group is the high nibble.
+inline size_t q4_code_byte(int n, int k, int groups) {
+    const int kk = k % kQ4Group;
+    return ((size_t)(n / kQ4RowTile) * groups + k / kQ4Group) * (kQ4RowTile * 16) + (kk % 16) / 4 * 32 +
+           (n % kQ4RowTile) * 4 + kk % 4;
+}
+inline int q4_code_shift(int k) { return k % kQ4Group < 16 ? 0 : 4; }
+inline size_t q4_scale_index(int n, int g, int groups) {
+    return ((size_t)(n / kQ4RowTile) * groups + g) * kQ4RowTile + n % kQ4RowTile;
+}
+
+void q4_gemm_generic(const uint8_t* codes, const float* scales, int N, int K, const int8_t* X, int ldx, int M,
+                     float* Y, int ldy, int n0, int n1) {
+    (void)N;
+    const int groups = q4_groups(K);
+    for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) {
+            float acc = 0.0f;
+            for (int g = 0; g < groups; ++g) {
+                int32_t s = 0;
+                for (int k = g * kQ4Group; k < std::min(K, (g + 1) * kQ4Group); ++k)
+                    s += (((codes[q4_code_byte(n, k, groups)] >> q4_code_shift(k)) & 15) - 8) * X[(size_t)m * ldx + k];
+                acc = std::fma(scales[q4_scale_index(n, g, groups)], (float)s, acc);
+            }
+            Y[(size_t)m * ldy + n] = acc;
+        }
+}
+
 void f32_gemm_generic(const float* W, int N, int K, const float* X, int ldx, int M,
                       float* Y, int ldy, int n0, int n1) {
     (void)N;
@@ -183,8 +211,49 @@ void ternary_unpack(const uint8_t* packed, int N, int K, int8_t* q) {
         for (int k = 0; k < K; ++k) q[(size_t)n * K + k] = (int8_t)(code_at(packed, n, k, Kp) - 1);
 }
 
+size_t q4_code_bytes(int N, int K) {
+    return (size_t)(N + kQ4RowTile - 1) / kQ4RowTile * kQ4RowTile * q4_groups(K) * (kQ4Group / 2);
+}
+
+size_t q4_scale_count(int N, int K) { return (size_t)(N + kQ4RowTile - 1) / kQ4RowTile * kQ4RowTile * q4_groups(K); }
+
+void q4_pack_rows(const float* w, int N, int K, int n0, int n1, uint8_t* codes, float* scales) {
+    (void)N;
+    const int groups = q4_groups(K);
+    for (int n = n0; n < n1; ++n) {
+        const float* row = w + (size_t)n * K;
+        for (int g = 0; g < groups; ++g) {
+            const int k0 = g * kQ4Group, k1 = std::min(K, k0 + kQ4Group);
+            float amax = 0.0f;
+            for (int k = k0; k < k1; ++k) {
+                if (!std::isfinite(row[k]))
+                    throw std::invalid_argument("q4_pack_rows: weight at row " + std::to_string(n) + ", column " +
+                                                std::to_string(k) + " is not finite");
+                amax = std::max(amax, std::fabs(row[k]));
+            }
+            const float d = amax / 7.0f;
+            scales[q4_scale_index(n, g, groups)] = d;
+            for (int k = k0; k < k0 + kQ4Group; ++k) {
+                const float q = k < k1 && d > 0.0f ? std::min(7.0f, std::max(-8.0f, std::rint(row[k] / d))) : 0.0f;
+                const size_t byte = q4_code_byte(n, k, groups);
+                const int shift = q4_code_shift(k);
+                codes[byte] = (uint8_t)((codes[byte] & ~(15 << shift)) | ((int)q + 8) << shift);
+            }
+        }
+    }
+}
+
+void q4_unpack(const uint8_t* codes, const float* scales, int N, int K, int8_t* q, float* d) {
+    const int groups = q4_groups(K);
+    for (int n = 0; n < N; ++n) {
+        for (int k = 0; k < K; ++k)
+            q[(size_t)n * K + k] = (int8_t)(((codes[q4_code_byte(n, k, groups)] >> q4_code_shift(k)) & 15) - 8);
+        for (int g = 0; g < groups; ++g) d[(size_t)n * groups + g] = scales[q4_scale_index(n, g, groups)];
+    }
+}
+
 const KernelTable kGenericKernels = {
-    "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, f32_gemm_generic,
+    "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, q4_gemm_generic, f32_gemm_generic,
     attn_scores_generic, attn_accumulate_generic, exp_sum_generic, relu2_mul_generic,
     softmax_generic, sum_squares_generic,
 };

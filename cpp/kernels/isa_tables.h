@@ -26,6 +26,8 @@ extern const KernelTable kAvx512VnniKernels;
 namespace avx2 {
 void quantize_row_i8(const float* x, int K, int K_padded, int8_t* xq, float* scale, int32_t* sum);
 void i8_gemm(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0, int n1);
+void q4_gemm(const uint8_t* codes, const float* scales, int N, int K, const int8_t* X, int ldx, int M, float* Y,
+             int ldy, int n0, int n1);
 void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, float* Y, int ldy, int n0, int n1);
 void attn_scores(const float* Q, int G, int ldq, int d, const float* Kc, int ld, int count, float scale, float* S,
                  int lds);

@@ -39,6 +39,27 @@ inline int ternary_layout_version() { return 1; }
 // (the widest row tile any kernel uses); other cuts are correct, only slower.
 constexpr int kTernaryNAlign = 64;
 
+// A 4-bit matrix of N rows and K inputs (the q4 LM head): K in groups of kQ4Group, one float
+// scale d per row and group, codes q in [-8, 7] stored as u = q + 8 (w ~ q * d). The layout
+// ("vertical" like the ternary tiles, so one int32 lane = one row): rows in tiles of kQ4RowTile
+// (N padded with q = 0, d = 0 rows), K padded with q = 0 to whole groups. Tile t, group g owns 128
+// code bytes at ((t * groups + g) * 128): byte j*32 + r*4 + i holds, for row t*8 + r, u at
+// k = 32g + 4j + i in its low nibble and at k = 32g + 16 + 4j + i in its high one; and 8 scales
+// at floats ((t * groups + g) * 8 + r). Unpacking a 32-byte load by nibble gives two vectors whose
+// int32 lane r dots 4 consecutive k of row r with 4 broadcast activation bytes.
+constexpr int kQ4Group = 32;
+constexpr int kQ4RowTile = 8;
+inline int q4_groups(int K) { return (K + kQ4Group - 1) / kQ4Group; }
+size_t q4_code_bytes(int N, int K);
+size_t q4_scale_count(int N, int K);
+// Quantizes rows [n0, n1) of the float (N, K) matrix w: per group d = max|w| / 7 (0 for an
+// all-zero group), q = clamp(rint(w / d), -8, 7). Rows touch disjoint bytes, so threads may
+// pack disjoint row ranges at once; padding rows must be zeroed by the caller first
+// (value-initialized buffers are). Non-finite weights are refused (std::invalid_argument).
+void q4_pack_rows(const float* w, int N, int K, int n0, int n1, uint8_t* codes, float* scales);
+// Inverse of the code layout: the N x K codes q in [-8, 7] and the N x q4_groups(K) scales.
+void q4_unpack(const uint8_t* codes, const float* scales, int N, int K, int8_t* q, float* d);
+
 struct KernelTable {
     const char* name;
     // Per-row absmax int8 quantization: x_q = clamp(rint(x * 127/max|x|), -128, 127).
@@ -52,6 +73,12 @@ struct KernelTable {
     // X must lie in [-127, 127] (quantize_row_i8 guarantees it): SIMD variants move W's sign onto X.
     void (*i8_gemm)(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                     int32_t* Y, int ldy, int n0, int n1);
+    // 4-bit rows (q4 LM head, layout q4_pack_rows): Y[m*ldy + n] = sum over groups g, in order,
+    // of d[n][g] * S(g), each step one fused multiply-add (fmaf) from 0, where S(g) = sum_{k in g}
+    // q[n][k] * X[m*ldx + k] is an exact integer. Every variant is bit-identical to generic.
+    // X: ldx >= q4_groups(K) * kQ4Group int8 values per row (any values past K).
+    void (*q4_gemm)(const uint8_t* codes, const float* scales, int N, int K, const int8_t* X, int ldx, int M,
+                    float* Y, int ldy, int n0, int n1);
     // fp32 rows (reference LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k].
     void (*f32_gemm)(const float* W, int N, int K, const float* X, int ldx, int M,
                      float* Y, int ldy, int n0, int n1);
