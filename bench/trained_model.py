@@ -33,6 +33,7 @@ from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
 from wrinklefree_rt.models import TINY_WEB_BIBLE
 from wrinklefree_rt.tokenizer import Tokenizer
+from wrinklefree_rt.verify import prefill_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -56,13 +57,7 @@ def validation_perplexity(tok: Tokenizer, threads: int) -> tuple[float, int]:
         ids = np.asarray(stream[start:start + n_ctx], dtype=np.int32)
         if len(ids) < 2:
             break
-        slot = eng.alloc_sequence(1)
-        eng.reserve(slot, len(ids))
-        rows = np.arange(len(ids), dtype=np.int32)
-        _, _, logits = eng.step(np.full(len(ids), slot, np.int32), rows, ids, rows,
-                                out_mode=np.full(len(ids), 2, np.int32))
-        eng.free_sequence(slot)
-        logits = logits[:-1].astype(np.float64)
+        logits = prefill_logits(eng, ids)[:-1].astype(np.float64)
         top = logits.max(-1, keepdims=True)
         logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
         nll -= logp[np.arange(len(ids) - 1), ids[1:]].sum()
