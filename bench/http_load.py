@@ -36,7 +36,7 @@ import httpx
 
 from wrinklefree_rt import random_model as synth
 
-from . import artifacts, peer
+from . import artifacts, hw, peer
 from .server_process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"http-{stamp}.json"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
+    cpu = hw.machine().get("cpu_model", "unknown")
     out.write_text(json.dumps({"command": "python -m bench.http_load " + " ".join(argv or sys.argv[1:]),
                                "cpu": cpu, "cores": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
                                "versions": peer.versions() if PEER in args.servers else {},

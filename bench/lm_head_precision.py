@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,11 +30,9 @@ from wrinklefree_rt import random_model
 from wrinklefree_rt._core import BitNetBatchEngine, q4_sizes
 from wrinklefree_rt.formats import load_model_dir
 from wrinklefree_rt.models import TINY_WEB_BIBLE
-from wrinklefree_rt.tokenizer import Tokenizer
+from wrinklefree_rt.verify import prefill_logits
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import tiny_corpus  # noqa: E402
+from . import held_out, hw
 
 HEADS = ("fp32", "int8", "q4")
 
@@ -47,44 +43,8 @@ def head_bytes(vocab: int, hidden: int) -> dict[str, int]:
     return {"fp32": vocab * hidden * 4, "int8": vocab * hidden + vocab * 4, "q4": q4_codes + q4_scales * 4}
 
 
-def held_out_windows(n_rows: int, n_ctx: int) -> list[np.ndarray]:
-    """The first n_rows tokens of the held-out books, cut into windows of at most n_ctx."""
-    tok = Tokenizer.from_dir(TINY_WEB_BIBLE)
-    eos = tok.token_id("<|end_of_text|>")
-    assert eos is not None
-    stream: list[int] = []
-    for text in tiny_corpus.split()[1]:
-        stream += tok.encode(text) + [eos]
-        if len(stream) >= n_rows:
-            break
-    stream = stream[:n_rows]
-    return [np.asarray(stream[s:s + n_ctx], np.int32) for s in range(0, len(stream), n_ctx)]
-
-
 def all_logits(eng: BitNetBatchEngine, windows: list[np.ndarray]) -> np.ndarray:
-    out = []
-    for ids in windows:
-        slot = eng.alloc_sequence(1)
-        eng.reserve(slot, len(ids))
-        rows = np.arange(len(ids), dtype=np.int32)
-        _, _, logits = eng.step(np.full(len(ids), slot, np.int32), rows, ids, rows,
-                                out_mode=np.full(len(ids), 2, np.int32))
-        eng.free_sequence(slot)
-        assert logits is not None
-        out.append(logits)
-    return np.concatenate(out)
-
-
-def next_token_nll(logits: np.ndarray, windows: list[np.ndarray]) -> float:
-    nll, count, r = 0.0, 0, 0
-    for ids in windows:
-        lg = logits[r:r + len(ids) - 1].astype(np.float64)
-        top = lg.max(-1, keepdims=True)
-        logp = lg - top - np.log(np.exp(lg - top).sum(-1, keepdims=True))
-        nll -= logp[np.arange(len(ids) - 1), ids[1:]].sum()
-        count += len(ids) - 1
-        r += len(ids)
-    return nll / count
+    return np.concatenate([prefill_logits(eng, ids) for ids in windows])
 
 
 def compare_heads(name: str, cfg, tensors, windows, threads: int, nll: bool) -> dict:
@@ -106,7 +66,7 @@ def compare_heads(name: str, cfg, tensors, windows, threads: int, nll: bool) -> 
             row["max_rel_err"] = float(rel.max())
             row["top1_agreement"] = float((logits.argmax(-1) == exact.argmax(-1)).mean())
         if nll:
-            row["nll"] = float(next_token_nll(logits, windows))
+            row["nll"] = float(held_out.next_token_nll(logits, windows)[0])
         result[head] = row
     return result
 
@@ -130,16 +90,6 @@ def decode_speed(cfg, tensors, threads: int, steps: int, rounds: int) -> dict:
     return {h: {"tokens_per_s_median": statistics.median(t), "samples": t} for h, t in times.items()}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def print_table(res: dict) -> None:
     print(f"\n{res['model']}: {res['rows']} rows")
     print(f"  {'head':5} {'bytes':>13} {'mean rel err':>13} {'max rel err':>12} {'top-1 agree':>12} {'NLL':>8}")
@@ -160,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-2b", action="store_true", help="only the shipped model")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    out: dict = {"cpu": cpu_model(), "threads": args.threads}
+    out: dict = {"cpu": hw.machine().get("cpu_model", "unknown"), "threads": args.threads}
 
     cfg, tensors = load_model_dir(TINY_WEB_BIBLE)
-    windows = held_out_windows(args.rows, cfg.max_position_embeddings)
+    windows = held_out.windows(cfg.max_position_embeddings, args.rows)
     out["trained"] = compare_heads("tiny-web-bible", cfg, tensors, windows, args.threads, nll=True)
     print_table(out["trained"])
     del tensors

@@ -35,6 +35,8 @@ from wrinklefree_rt.models import TINY_WEB_BIBLE
 from wrinklefree_rt.tokenizer import Tokenizer
 from wrinklefree_rt.verify import prefill_logits
 
+from . import held_out
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import tiny_corpus
@@ -45,24 +47,13 @@ BLOCKS = (16, 32)
 THRESHOLDS = (0.5, 0.7, 0.9)
 
 
-def validation_perplexity(tok: Tokenizer, threads: int) -> tuple[float, int]:
+def validation_perplexity(threads: int) -> tuple[float, int]:
     """(perplexity, tokens scored) of the held-out books through the runtime."""
     cfg, tensors = load_model_dir(TINY_WEB_BIBLE)
     eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=1, lm_head="fp32")
-    eos = tok.token_id("<|end_of_text|>")
-    stream = [t for text in tiny_corpus.split()[1] for t in tok.encode(text) + [eos]]
-    n_ctx = cfg.max_position_embeddings
-    nll, count = 0.0, 0
-    for start in range(0, len(stream) - 1, n_ctx):
-        ids = np.asarray(stream[start:start + n_ctx], dtype=np.int32)
-        if len(ids) < 2:
-            break
-        logits = prefill_logits(eng, ids)[:-1].astype(np.float64)
-        top = logits.max(-1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-        nll -= logp[np.arange(len(ids) - 1), ids[1:]].sum()
-        count += len(ids) - 1
-    return float(np.exp(nll / count)), count
+    windows = held_out.windows(cfg.max_position_embeddings)
+    nll, count = held_out.next_token_nll(np.concatenate([prefill_logits(eng, ids) for ids in windows]), windows)
+    return float(np.exp(nll)), count
 
 
 async def _round(engine: Engine, prompts, max_tokens: int, diffusion: DiffusionParams | None) -> dict:
@@ -106,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     tok = Tokenizer.from_dir(TINY_WEB_BIBLE)
-    ppl, scored = validation_perplexity(tok, args.threads)
+    ppl, scored = validation_perplexity(args.threads)
     print(f"validation perplexity {ppl:.2f} over {scored} held-out tokens (runtime, fp32 LM head)")
 
     openings = [tok.encode(text)[:PROMPT_TOKENS] for text in tiny_corpus.split()[1]]
