@@ -77,22 +77,31 @@ void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& he
     head.row_scale = head.owned_scale.data();
 }
 
+// Runs fn(task) for every task on the pool. Exceptions must not leave a worker thread, so each
+// task's message is kept and the first failed task's is thrown here as BadTensor(name_of(task)).
+template <class Fn, class NameOf>
+void parallel_for_tensors(ThreadPool& pool, int tasks, Fn&& fn, NameOf&& name_of) {
+    std::vector<std::string> errors(tasks);
+    pool.parallel_for(tasks, [&](int t, int) {
+        try {
+            fn(t);
+        } catch (const std::exception& e) {
+            errors[t] = e.what();
+        }
+    });
+    for (int t = 0; t < tasks; ++t)
+        if (!errors[t].empty()) throw BadTensor(name_of(t), errors[t]);
+}
+
 // Fails with BadTensor(name) on a non-finite weight (the group scale would be meaningless).
 void quantize_head_q4(const float* w, int V, int H, const char* name, ThreadPool& pool, LmHead& head) {
     head.q4_codes.assign(q4_code_bytes(V, H), 0);
     head.q4_scales.assign(q4_scale_count(V, H), 0.0f);
     RowSplit split(V, pool.size());
-    // Exceptions must not leave a worker thread.
-    std::vector<std::string> errors(split.tasks);
-    pool.parallel_for(split.tasks, [&](int t, int) {
-        try {
-            q4_pack_rows(w, V, H, split.begin(t), split.end(t), head.q4_codes.data(), head.q4_scales.data());
-        } catch (const std::exception& e) {
-            errors[t] = e.what();
-        }
-    });
-    for (const std::string& e : errors)
-        if (!e.empty()) throw BadTensor(name, e);
+    parallel_for_tensors(
+        pool, split.tasks,
+        [&](int t) { q4_pack_rows(w, V, H, split.begin(t), split.end(t), head.q4_codes.data(), head.q4_scales.data()); },
+        [&](int) { return std::string(name); });
 }
 
 }  // namespace
@@ -201,21 +210,16 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
         quantize_head_i8(static_cast<const float*>(head_f32->data), V, H, pool, head);
     }
 
-    // Pack int8 codes, one matrix per task. Exceptions must not leave a worker thread.
-    std::vector<std::string> errors(jobs.size());
-    pool.parallel_for(static_cast<int>(jobs.size()), [&](int j, int) {
-        PackJob& job = jobs[j];
-        TernaryMatrix& dst = *job.dst;
-        try {
+    // Pack int8 codes, one matrix per task.
+    parallel_for_tensors(
+        pool, static_cast<int>(jobs.size()),
+        [&](int j) {
+            TernaryMatrix& dst = *jobs[j].dst;
             dst.owned.resize(ternary_packed_bytes(dst.N, dst.K));
-            ternary_pack(static_cast<const int8_t*>(job.view->data), dst.N, dst.K, dst.owned.data());
+            ternary_pack(static_cast<const int8_t*>(jobs[j].view->data), dst.N, dst.K, dst.owned.data());
             dst.data = dst.owned.data();
-        } catch (const std::exception& e) {
-            errors[j] = e.what();
-        }
-    });
-    for (size_t j = 0; j < jobs.size(); ++j)
-        if (!errors[j].empty()) throw BadTensor(jobs[j].name, errors[j]);
+        },
+        [&](int j) { return jobs[j].name; });
 
     // transformers: inv_freq = 1 / theta ** (arange(0, d, 2).float() / d), all in fp32.
     inv_freq.resize(cfg.head_dim / 2);
