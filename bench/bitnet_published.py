@@ -19,7 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from . import run
+
 SOURCE = "microsoft/BitNet src/README.md @ 16da220 (read off the plots, +-1 tok/s)"
 
 # threads -> tok/s, BitNet-b1.58-2B-4T, bitnet.cpp I2_S optimized kernels.
@@ -36,12 +37,12 @@ PUBLISHED = {
 TOKENS = {"pp128": 128, "tg128": 128}
 
 
-def newest_run() -> Path:
-    """The newest bench.run results file (trained_model_* and other benches excluded)."""
-    runs = sorted(p for p in RESULTS.glob("2*.json") if "tg128" in json.loads(p.read_text()).get("samples_s", {}))
-    if not runs:
-        raise SystemExit(f"no bench.run results with tg128 in {RESULTS}: run `python -m bench.run` first")
-    return runs[-1]
+def newest_run() -> tuple[Path, dict]:
+    """The newest full bench.run result (a --quick run measures tg32, not tg128)."""
+    found = run.newest_result(lambda report: "tg128" in report.get("samples_s", {}))
+    if found is None:
+        raise SystemExit(f"no bench.run results with tg128 in {run.RESULTS}: run `python -m bench.run` first")
+    return found
 
 
 def ours(run: dict) -> dict[str, float]:
@@ -71,8 +72,8 @@ def table(run: dict, name: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else newest_run()
-    print("\n".join(table(json.loads(path.read_text()), path.name)))
+    path, report = (Path(args[0]), json.loads(Path(args[0]).read_text())) if args else newest_run()
+    print("\n".join(table(report, path.name)))
     return 0
 
 

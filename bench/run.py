@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,15 @@ def raise_priority(nice: int) -> str:
         return path.read_text().strip()
     except OSError as e:
         return f"not changed ({e.strerror or e})"
+
+
+def newest_result(holds: Callable[[dict], bool]) -> tuple[Path, dict] | None:
+    """The newest results file this module wrote whose report ``holds``, and that report."""
+    for path in sorted(RESULTS.glob("2*.json"), reverse=True):  # named by UTC start time
+        report = json.loads(path.read_text())
+        if holds(report):
+            return path, report
+    return None
 
 
 def _med(xs: list[float]) -> float:

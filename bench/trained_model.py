@@ -37,7 +37,7 @@ from wrinklefree_rt.models import TINY_WEB_BIBLE
 from wrinklefree_rt.tokenizer import Tokenizer
 from wrinklefree_rt.verify import prefill_logits
 
-from . import held_out
+from . import held_out, run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -96,13 +96,13 @@ async def _round(engine: Engine, prompts, max_tokens: int, diffusion: DiffusionP
 
 def step_costs_2b() -> tuple[list[int], list[float], str] | None:
     """Median 2B-shape step time per forward size from the newest bench.run result."""
-    results = sorted((ROOT / "bench" / "results").glob("*.json"))
-    for path in reversed(results):
-        samples = json.loads(path.read_text()).get("forward_samples_s")
-        if samples:
-            rows = sorted(int(r) for r in samples)
-            return rows, [statistics.median(samples[str(r)]) for r in rows], path.name
-    return None
+    found = run.newest_result(lambda report: bool(report.get("forward_samples_s")))
+    if found is None:
+        return None
+    path, report = found
+    samples = report["forward_samples_s"]
+    rows = sorted(int(r) for r in samples)
+    return rows, [statistics.median(samples[str(r)]) for r in rows], path.name
 
 
 def main(argv: list[str] | None = None) -> int:
