@@ -8,7 +8,10 @@ block-diffusion decoding against AR decoding on the same engine and prompts.
 - Decoding: N = 1, 4, 16 concurrent requests (N held-out chapter openings of 24 tokens, BOS
   included), ``max_tokens`` new tokens each, ``ignore_eos``; AR greedy, and DLM with block 16 and
   32 (sub-block 8) at thresholds 0.5 / 0.7 / 0.9, and 0.1 / 0.3 to see what less confident commits
-  buy. Per run: committed tokens per engine forward (all requests together), the mean per
+  buy; and with ``sub_block_size="auto"`` at 0.5 / 0.9 (block 32): once with the widths chosen
+  from this engine's own measured step costs (the tiny model's), once from the 2B step costs
+  below ("2B prices": the widths a 2B model of the same confidence would get on this machine).
+  Per run: committed tokens per engine forward (all requests together), the mean per
   request, rows per forward, committed tokens/s (wall), and the share of committed tokens that
   equal AR's greedy output before the first difference (AR: 1).
 - The 2B estimate: the same rows per forward and tokens per forward priced with the 2B-shape
@@ -21,6 +24,7 @@ block-diffusion decoding against AR decoding on the same engine and prompts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -50,6 +54,7 @@ THRESHOLDS = (0.5, 0.7, 0.9)
 # Below the thresholds: how many tokens per forward the model commits when allowed to
 # trust less confident predictions, and what that costs (agreement with AR's greedy output).
 LOW_THRESHOLDS = (0.1, 0.3)
+AUTO_THRESHOLDS = (0.5, 0.9)
 
 
 def validation_perplexity(threads: int) -> tuple[float, int]:
@@ -116,27 +121,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation perplexity {ppl:.2f} over {scored} held-out tokens (runtime, fp32 LM head)")
 
     openings = [tok.encode(text)[:PROMPT_TOKENS] for text in tiny_corpus.split()[1]]
-    engine = Engine.from_pretrained(TINY_WEB_BIBLE, num_threads=args.threads, max_num_seqs=max(CONCURRENCY),
-                                    max_num_batched_tokens=1024)
-    modes: list[tuple[str, DiffusionParams | None]] = [("AR", None)]
-    modes += [(f"DLM b{b} t{t}", DiffusionParams(block_size=b, sub_block_size=8, threshold=t))
+    costs = step_costs_2b()
+    config = dict(num_threads=args.threads, max_num_seqs=max(CONCURRENCY), max_num_batched_tokens=1024)
+    engine = Engine.from_pretrained(TINY_WEB_BIBLE, **config)
+    priced_2b = Engine.from_pretrained(TINY_WEB_BIBLE, **config, step_costs=dict(zip(costs[0], costs[1]))) \
+        if costs else None
+    modes: list[tuple[str, DiffusionParams | None, Engine]] = [("AR", None, engine)]
+    modes += [(f"DLM b{b} t{t}", DiffusionParams(block_size=b, sub_block_size=8, threshold=t), engine)
               for b in BLOCKS for t in LOW_THRESHOLDS + THRESHOLDS]
+    for label, eng in (("auto", engine), ("auto (2B prices)", priced_2b)):
+        modes += [(f"DLM b32 t{t} {label}", DiffusionParams(block_size=32, sub_block_size="auto", threshold=t), eng)
+                  for t in AUTO_THRESHOLDS if eng is not None]
 
     async def all_rounds():
-        async with engine:
+        async with engine, contextlib.AsyncExitStack() as stack:
+            if priced_2b is not None:
+                await stack.enter_async_context(priced_2b)
             await _round(engine, openings[:1], 8, None)  # warm-up
             rounds = []
             for n in CONCURRENCY:
                 prompts = [openings[i % len(openings)] for i in range(n)]
                 ar_outs = None
-                for name, d in modes:  # AR first
-                    r, outs = await _round(engine, prompts, args.max_tokens, d)
+                for name, d, eng in modes:  # AR first
+                    r, outs = await _round(eng, prompts, args.max_tokens, d)
                     ar_outs = ar_outs or outs
                     rounds.append(dict(mode=name, same_as_ar=_agreement(outs, ar_outs), **r))
             return rounds
 
     rows = anyio.run(all_rounds)
-    costs = step_costs_2b()
     print(f"{engine.core.isa}, {engine.core.num_threads} threads; prompts {PROMPT_TOKENS} tokens, "
           f"{args.max_tokens} new tokens each, ignore_eos")
     header = ("| mode | N | forwards | committed tokens / forward | per request | rows / forward | tok/s (tiny) "

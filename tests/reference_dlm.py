@@ -12,6 +12,8 @@ before it is decoded, or at exactly ``max_tokens``.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -46,12 +48,24 @@ def reference_ar(model, prompt: list[int], max_tokens: int, stop_ids=(), mask_id
     return x[len(prompt):]
 
 
-def reference_dlm(model, prompt: list[int], *, block: int, sub_block: int, threshold: float,
+def reference_dlm(model, prompt: list[int], *, block: int, sub_block: int | list[int], threshold: float,
                   mask_id: int, shift: bool, block_causal: bool, max_tokens: int,
                   stop_ids=(), fuse_commit: bool = False) -> list[int]:
     """Greedy block-diffusion decoding of one sequence; returns the generated tokens
     (a final stop token included). ``fuse_commit``: with shift, only the first block's first
-    position is filled unconditionally; later blocks start all masked."""
+    position is filled unconditionally; later blocks start all masked. ``sub_block`` as a list:
+    the width of each unmasking decision in turn (``sub_block_size="auto"`` records them), all
+    of which must be used."""
+    widths = iter(sub_block) if isinstance(sub_block, list) else itertools.repeat(sub_block)
+    out = _dlm(model, prompt, block, widths, threshold, mask_id, shift, block_causal, max_tokens,
+               stop_ids, fuse_commit)
+    unused = list(widths) if isinstance(sub_block, list) else []
+    assert not unused, f"{len(unused)} sub-block widths left over: the engine made more decisions"
+    return out
+
+
+def _dlm(model, prompt, block, widths, threshold, mask_id, shift, block_causal, max_tokens, stop_ids,
+         fuse_commit) -> list[int]:
     attn = block if block_causal else 1
     L = len(prompt)
     limit = L + max_tokens
@@ -75,8 +89,9 @@ def reference_dlm(model, prompt: list[int], *, block: int, sub_block: int, thres
             if decoded >= end:
                 break
             candidates = []
-            for sub in range(start, min(end, limit), sub_block):
-                candidates = [p for p in range(max(sub, L), min(sub + sub_block, end, limit))
+            width = next(widths)
+            for sub in range(start, min(end, limit), width):
+                candidates = [p for p in range(max(sub, L), min(sub + width, end, limit))
                               if x[p] == mask_id]
                 if candidates:
                     break

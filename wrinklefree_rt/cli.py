@@ -14,7 +14,7 @@ import signal
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["main", "COMMANDS"]
 
@@ -44,6 +44,15 @@ def _parser(command: str, description: str, examples: str) -> argparse.ArgumentP
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def sub_block_size_arg(text: str) -> int | Literal["auto"]:
+    """``--sub-block-size``: a positive integer or ``auto``."""
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: one per core)")
@@ -64,7 +73,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--dlm", action="store_true", help="block-diffusion decoding")
     p.add_argument("--block-size", type=int)
-    p.add_argument("--sub-block-size", type=int)
+    p.add_argument("--sub-block-size", type=sub_block_size_arg,
+                   help='a divisor of the block size, or "auto" (chosen per step by cost)')
     p.add_argument("--threshold", type=float)
 
 

@@ -1,7 +1,7 @@
 """``python -m wrinklefree_rt.demo`` / ``wrinklefree-rt demo``: the engine end to end, no download.
 
 By default it serves the tiny trained model shipped in the package (``wrinklefree_rt.models``:
-a 2.4 M-parameter BitNet b1.58 AR + block-diffusion model trained on the World English Bible; it
+a 5.6 M-parameter BitNet b1.58 AR + block-diffusion model trained on the World English Bible; it
 continues text in that style, it is not an assistant): concurrent AR and block-diffusion
 requests, streaming their text, with each request's committed tokens per forward and the
 engine's statistics. ``--random`` serves a small random BitNet model instead (written in the
@@ -26,6 +26,7 @@ from pathlib import Path
 import anyio
 
 from . import random_model
+from .cli import sub_block_size_arg
 from .engine import Engine
 from .models import TINY_WEB_BIBLE
 from .params import DiffusionParams, SamplingParams
@@ -170,7 +171,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--sub-block-size", type=int, default=8)
+    parser.add_argument("--sub-block-size", type=sub_block_size_arg, default=8,
+                        help='a divisor of --block-size, or "auto"')
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--attention", choices=["causal", "block"], default="causal")
     parser.add_argument("--threads", type=int, default=0)

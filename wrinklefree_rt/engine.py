@@ -56,7 +56,7 @@ class Engine:
         self.core = core
         self.model_config = model_config
         self.tokenizer = tokenizer
-        self._scheduler = Scheduler(core, self.config.max_num_batched_tokens)
+        self._scheduler = Scheduler(core, self.config.max_num_batched_tokens, self.config.step_costs)
         self._ids = itertools.count()
         self._wake: anyio.Event | None = None
         self._token: EventLoopToken | None = None
@@ -269,7 +269,8 @@ class Engine:
                            forwards=s.forwards, rows=s.rows,
                            rows_per_forward=s.rows / s.forwards if s.forwards else 0.0,
                            output_tokens=s.tokens, step_time=s.step_time, schedule_time=s.schedule_time,
-                           isa=self.core.isa, ternary_plan=self.core.ternary_plan)
+                           isa=self.core.isa, ternary_plan=self.core.ternary_plan,
+                           step_costs=self._scheduler.costs.table())
 
     # ----- handing a request to the loop ----------------------------------------------------
     async def _submit(self, request: Request, final_only: bool) -> Sequence:

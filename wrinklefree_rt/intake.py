@@ -128,18 +128,27 @@ class RequestIntake:
         if block > mc.max_position_embeddings:
             raise InvalidRequestError(f"diffusion.block_size: {block} is larger than the model's context "
                                       f"({mc.max_position_embeddings} positions)")
-        sub_default = DEFAULT_SUB_BLOCK_SIZE if block % DEFAULT_SUB_BLOCK_SIZE == 0 else block
-        sub = dp.sub_block_size or (eng.sub_block_size if eng.sub_block_size and block % eng.sub_block_size == 0
-                                    else sub_default)
-        if block % sub:
-            raise InvalidRequestError(f"diffusion.sub_block_size: {sub} does not divide block_size {block}")
+        sub = self._sub_block(dp, block)
         attention = pick("attention", "block" if mc.bd_size else None, DEFAULT_ATTENTION)
-        return DlmSpec(block_size=block, sub_block_size=sub,
+        return DlmSpec(block_size=block, sub_block_size=block if sub == "auto" else sub,
                        threshold=pick("threshold", None, DEFAULT_THRESHOLD),
                        mask_token_id=mask, shift=pick("shift", mc.shift, DEFAULT_SHIFT),
                        attn_block=block if attention == "block" else 1,
                        provisional=dp.provisional or eng.provisional,
-                       fuse_commit=dp.fuse_commit or eng.fuse_commit)
+                       fuse_commit=dp.fuse_commit or eng.fuse_commit,
+                       sub_block_auto=sub == "auto")
+
+    def _sub_block(self, dp: DiffusionParams, block: int) -> int | Literal["auto"]:
+        """The request's width if set (it must divide the block), else the engine's where it
+        divides the block, else the default where that does."""
+        sub, eng = dp.sub_block_size, self.config.diffusion.sub_block_size
+        if sub is None:
+            sub = eng if eng == "auto" or eng and block % eng == 0 else None
+        if sub is None:
+            return DEFAULT_SUB_BLOCK_SIZE if block % DEFAULT_SUB_BLOCK_SIZE == 0 else block
+        if sub != "auto" and block % sub:
+            raise InvalidRequestError(f"diffusion.sub_block_size: {sub} does not divide block_size {block}")
+        return sub
 
     # ----- once tokenized ---------------------------------------------------------------------
     async def prompt_ids(self, request: Request) -> list[int]:

@@ -47,7 +47,10 @@ class RequestOutput(msgspec.Struct, kw_only=True):
 
 class EngineStats(msgspec.Struct, kw_only=True):
     """Engine-wide state and counters since start, and the kernels in use: ``isa`` (the kernel
-    table) and ``ternary_plan`` (the ternary GEMM per row count, "1:tiles 2:tiles ... 32:lut32-avx2")."""
+    table) and ``ternary_plan`` (the ternary GEMM per row count, "1:tiles 2:tiles ... 32:lut32-avx2").
+    ``step_costs``: seconds per step by rows per step, measured from this engine's own steps
+    (moving averages per bucket of row counts: 1, 2, 3-4, 5-8, ...; key = the bucket's mean rows),
+    what ``sub_block_size="auto"`` prices rows with."""
 
     running: int
     waiting: int
@@ -61,3 +64,4 @@ class EngineStats(msgspec.Struct, kw_only=True):
     schedule_time: float
     isa: str
     ternary_plan: str
+    step_costs: dict[int, float] = {}

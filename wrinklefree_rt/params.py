@@ -66,10 +66,14 @@ class DiffusionParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     the first starts all masked instead of taking its first token from the previous block's
     commit, so the commit needs no forward of its own: it shares the new block's first step,
     where that first token competes under the threshold rule like the others.
+    ``sub_block_size="auto"`` (changes decisions, so not the default): before every step the
+    request picks the width (a divisor of the block size) with the most expected committed
+    tokens per second, from how often its candidates passed the threshold so far and what a
+    step of that many rows costs on this machine (``wrinklefree_rt.sub_block``).
     """
 
     block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
-    sub_block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    sub_block_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | Literal["auto"] | None = None
     threshold: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
     mask_token_id: _TokenId | None = None
     shift: bool | None = None
@@ -78,7 +82,7 @@ class DiffusionParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fuse_commit: bool = False
 
     def __post_init__(self) -> None:
-        if self.block_size is not None and self.sub_block_size is not None \
+        if self.block_size is not None and isinstance(self.sub_block_size, int) \
                 and self.block_size % self.sub_block_size:
             raise ValueError(f"sub_block_size {self.sub_block_size} must divide "
                              f"block_size {self.block_size}")
@@ -99,6 +103,10 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     table (``"avx2"``, ``"generic"``...; empty: the best this CPU runs). ``ternary_kernel``:
     force the ternary GEMM (``"tiles"`` or a LUT kernel's name; empty or ``"auto"``: chosen per
     row count by a calibration at load, cached per CPU). ``stats()`` reports both choices.
+    ``step_costs``: seconds per step by rows per step ({1: 0.03, 32: 0.16}), the prices that
+    ``sub_block_size="auto"`` decides with; unset, they are measured from the engine's own steps
+    (``stats().step_costs``). A fixed table makes the choices repeatable, or plans for a machine
+    measured elsewhere.
     """
 
     max_num_seqs: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
@@ -112,9 +120,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     chat_template: Literal["auto", "bitnet", "llama3"] = "auto"
     i2s_layout: Literal["x86", "arm"] = "x86"
     diffusion: DiffusionParams = msgspec.field(default_factory=DiffusionParams)
+    step_costs: dict[Annotated[int, msgspec.Meta(ge=1)], Annotated[float, msgspec.Meta(gt=0.0)]] | None = None
 
 
 _T = TypeVar("_T", SamplingParams, DiffusionParams, EngineConfig)
+
 
 
 def validate(value: Any, kind: type[_T], what: str) -> _T:
@@ -141,6 +151,10 @@ def _non_finite_field(params: msgspec.Struct, path: str) -> str | None:
         value = getattr(params, name)
         if isinstance(value, float) and not math.isfinite(value):
             return f"{path}.{name}"
+        if isinstance(value, dict):
+            key = next((k for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)), None)
+            if key is not None:
+                return f"{path}.{name}[{key}]"
         if isinstance(value, msgspec.Struct):
             inner = _non_finite_field(value, f"{path}.{name}")
             if inner is not None:

@@ -6,18 +6,23 @@ rows under the token budget: decode and denoising rows first, prefill chunks fil
 ``run()`` runs the plan on the core (in a worker thread), retrying each sequence's rows alone
 when the batch fails. ``apply()`` hands each sequence its outputs and flags its consumer (one
 that reads only the final output, when the request ends). None of them awaits anything: the
-engine's loop task calls them in turn.
+engine's loop task calls them in turn. Every step's rows and seconds (planning to applied
+outputs) go into ``costs``, which prices the rows of requests that choose their sub-block
+width by cost (``DiffusionParams(sub_block_size="auto")``).
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
 from .errors import StepCancelledError
 from .sequence import Sequence, Work
 from .step import StepPlan, StepResult
+from .step_costs import StepCosts
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
@@ -36,18 +41,21 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, core, max_num_batched_tokens: int):
+    def __init__(self, core, max_num_batched_tokens: int, step_costs: dict[int, float] | None = None):
         self.core = core
         self.budget = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.stats = SchedulerStats()
+        self.costs = StepCosts(step_costs)
+        self._last_plan: StepPlan | None = None
+        self._planned_at = 0.0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
     def schedule(self) -> StepPlan | None:
-        t0 = time.perf_counter()
+        t0 = self._planned_at = time.perf_counter()
         self._release_ended()
         self._admit()
         chosen: list[tuple[Sequence, Work]] = []
@@ -61,8 +69,11 @@ class Scheduler:
             order = [s for s in running if not s.in_prefill]
             if len(order) < len(running):
                 order += [s for s in running if s.in_prefill]
+        others = self._rows_besides() if any(s.sub_block_auto for s in running) else None
         for seq in order:
-            work = seq.next_work(self.budget - used, first_in_step=not chosen)
+            price = functools.partial(self.costs.marginal, others(seq)) \
+                if others is not None and seq.sub_block_auto else None
+            work = seq.next_work(self.budget - used, first_in_step=not chosen, price=price)
             if work is None:
                 seq.skipped += 1
                 continue
@@ -72,6 +83,15 @@ class Scheduler:
         plan = StepPlan(chosen) if chosen else None
         self.stats.schedule_time += time.perf_counter() - t0
         return plan
+
+    def _rows_besides(self) -> Callable[[Sequence], int]:
+        """Rows the last step ran besides a given sequence's: the estimate of the rows its
+        next step's rows join."""
+        last = self._last_plan
+        if last is None:
+            return lambda seq: 0
+        own = {id(seq): w.end - w.start for seq, w in zip(last.seqs, last.works)}
+        return lambda seq: last.n_rows - own.get(id(seq), 0)
 
     def run(self, plan: StepPlan) -> StepResult:
         """Run the plan's forward; called in a worker thread (it touches only the core, and the
@@ -131,7 +151,11 @@ class Scheduler:
             if seq.finished or news and not seq.mailbox.final_only:
                 seq.mailbox.notify()
         self._release_ended()
-        self.stats.schedule_time += time.perf_counter() - t0
+        end = time.perf_counter()
+        self.stats.schedule_time += end - t0
+        if self.stats.forwards > 1:  # the first step also faults the (memory-mapped) weights in
+            self.costs.observe(plan.n_rows, end - self._planned_at)
+        self._last_plan = plan
 
     def fail_all(self, error: BaseException) -> None:
         """End every request with ``error`` and return all slots and pages (engine shutdown)."""

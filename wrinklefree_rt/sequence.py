@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -26,6 +27,7 @@ import numpy as np
 from ._core import OutMode
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
+from .sub_block import CommitRates, choose_sub_block
 from .tokenizer import TextStream, Tokenizer
 
 # A float64 draw in [0, 1) may round to 1.0 as the core's float32, and the core takes [0, 1):
@@ -47,6 +49,7 @@ class DlmSpec:
     attn_block: int  # 1: causal; block_size: block-causal
     provisional: bool = False  # stream the open block's decoded prefix too
     fuse_commit: bool = False  # approximation: see Sequence._pending_fill
+    sub_block_auto: bool = False  # choose the width per step (wrinklefree_rt.sub_block)
 
 
 @dataclass(slots=True)
@@ -95,6 +98,10 @@ class Sequence:
         self.dlm = dlm
         self.block = dlm.block_size if dlm else 1
         self.sub_block = dlm.sub_block_size if dlm else 1
+        auto = dlm is not None and dlm.sub_block_auto
+        self._widths = [w for w in range(1, self.block + 1) if self.block % w == 0] if auto else None
+        self._rates = CommitRates(self.block) if auto else None
+        self.sub_block_trace: list[int] = []  # with sub_block_auto: the width of every decision
         self.shift = dlm.shift if dlm else True
         self.attn_block = dlm.attn_block if dlm else 1
         self.mask_id = dlm.mask_token_id if dlm else -1
@@ -195,21 +202,26 @@ class Sequence:
         """No prediction made yet: the scheduler packs these after decode/denoise rows."""
         return not self._started
 
-    def next_work(self, budget: int, first_in_step: bool) -> Work | None:
+    @property
+    def sub_block_auto(self) -> bool:
+        return self._widths is not None
+
+    def next_work(self, budget: int, first_in_step: bool,
+                  price: Callable[[int], float] | None = None) -> Work | None:
         """Rows this sequence needs next, within ``budget`` rows. The first sequence of a step
-        may exceed it by one indivisible unit; others get None when they do not fit."""
+        may exceed it by one indivisible unit; others get None when they do not fit.
+        ``price``: seconds that n more rows add to the step (``sub_block_auto`` needs it)."""
         if self._pending_fill():
             target = self._first_open
             need, end, independent = [target - 1], target, target
+            start = self._first_row(need)
             mode = OutMode.SAMPLE if self.rng is not None else OutMode.ARGMAX
         else:
-            need = [r for r in (c - 1 if self.shift else c for c in self._candidates())
-                    if r not in self._preds]
-            # Block-causal rows see their whole block, so the whole block runs.
-            end = self.block_end if self.attn_block > 1 else max(need) + 1
+            if price is not None and self.sub_block_auto:
+                self._choose_width(price)
+            need, start, end = self._denoise_rows()
             independent = self.block_start  # rows below it do not see the open block
             mode = OutMode.ARGMAX
-        start = min(self._align(self.kv_valid, self.attn_block), self._align(min(need), self.attn_block))
         if end - start > budget:
             # Only rows that do not depend on the open block may run as a separate chunk, and
             # block-causal chunks hold whole blocks so that every row sees its block complete.
@@ -226,6 +238,29 @@ class Sequence:
         uniforms = ([min(float(self.rng.random()), _BELOW_ONE) for _ in need]
                     if self.rng is not None and mode == OutMode.SAMPLE else [])
         return Work(start, end, need, [mode] * len(need), uniforms)
+
+    def _first_row(self, need: list[int]) -> int:
+        return min(self._align(self.kv_valid, self.attn_block), self._align(min(need), self.attn_block))
+
+    def _denoise_rows(self) -> tuple[list[int], int, int]:
+        """The rows whose predictions the candidates lack, and the row range a step runs."""
+        need = [r for r in (c - 1 if self.shift else c for c in self._candidates()) if r not in self._preds]
+        if not need:
+            return need, 0, 0
+        # Block-causal rows see their whole block, so the whole block runs.
+        end = self.block_end if self.attn_block > 1 else max(need) + 1
+        return need, self._first_row(need), end
+
+    def _choose_width(self, price: Callable[[int], float]) -> None:
+        assert self._widths is not None and self._rates is not None  # sub_block_auto
+        options = []
+        for width in self._widths:
+            self.sub_block, self._cands = width, None
+            cands = self._candidates()
+            need, start, end = self._denoise_rows()
+            if need:  # a width whose candidates are all predicted would need no step
+                options.append((width, cands, end - start))
+        self.sub_block, self._cands = choose_sub_block(options, self._rates, price), None
 
     # ----- results --------------------------------------------------------------------------
     def apply(self, work: Work, tokens: list[int], probs: list[float]) -> bool:
@@ -264,6 +299,9 @@ class Sequence:
         rows = [c - 1 if self.shift else c for c in cands]
         probs = [self._preds[r][1] for r in rows]
         best = probs.index(max(probs))  # ties: leftmost
+        if self._rates is not None:
+            self._rates.observe(cands, probs, self.threshold)
+            self.sub_block_trace.append(self.sub_block)
         for i, (c, r) in enumerate(zip(cands, rows)):
             if i == best or probs[i] >= self.threshold:
                 self._set(c, self._preds.pop(r)[0])  # a row predicts one position only
