@@ -6,9 +6,9 @@ does the same work. Two settings per N:
 - threshold 0.9 (the default; sub-block 8): what decoding does. On random weights the model is
   never confident, so this is the floor: about one token per request per forward.
 - threshold 0 with sub-block 32: every masked position is unmasked in one step, the ceiling.
-- threshold 0.9 with ``sub_block_size="auto"``: the width chosen per step from the measured step
-  costs and how often candidates pass (wrinklefree_rt/sub_block.py); the engine has measured its
-  steps since the warm-up.
+- threshold 0.9 and 0 with ``sub_block_size="auto"``: the width chosen per step from the
+  measured step costs and how often candidates pass (wrinklefree_rt/sub_block.py); the engine
+  has measured its steps since the warm-up.
 The same requests decoded autoregressively (N = 1 and 16) are given for reference.
 The step time is taken inside ``BitNetBatchEngine.step`` by a timing wrapper around the core.
 """
@@ -89,7 +89,8 @@ def dlm(path: Path, shape: synth.Shape, threads: int, quick: bool) -> dict:
     ns = (1, 4) if quick else (1, 4, 16)
     settings = {"threshold 0.9 (real)": dict(threshold=0.9),
                 "threshold 0.9, auto width": dict(threshold=0.9, sub_block_size="auto"),
-                "threshold 0 (ceiling)": dict(threshold=0.0, sub_block_size=BLOCK)}
+                "threshold 0 (ceiling)": dict(threshold=0.0, sub_block_size=BLOCK),
+                "threshold 0, auto width": dict(threshold=0.0, sub_block_size="auto")}
     if quick:
         settings = {"threshold 0 (ceiling)": settings["threshold 0 (ceiling)"]}
     engine, core = _engine(path, threads, max_seqs=max(ns), kv_tokens=max(ns) * (PROMPT + NEW + BLOCK),

@@ -86,20 +86,31 @@ def options(first: int, widths=(1, 2, 4, 8)):
     return [(w, list(range(first, first + w)), w) for w in widths]
 
 
+def test_pass_rates_start_even_fall_with_distance_and_forget():
+    rates = CommitRates(8, memory=0.5)
+    assert rates.curve() == [1.0] + [0.5] * 7
+    rates.observe([10, 11, 13], [0.95, 0.2, 0.99], threshold=0.9)  # offset 1 missed, offset 3 passed
+    assert rates.curve()[1] == pytest.approx(0.25)
+    assert rates.curve()[3] == rates.curve()[1]  # never above a nearer offset's
+    assert rates.expected_commits([10, 11, 13]) == pytest.approx(1.5)
+    for _ in range(10):  # offset 1 passes from now on: the old miss fades
+        rates.observe([0, 1], [0.5, 0.99], threshold=0.9)
+    assert rates.curve()[1] > 0.8  # (2 + 1/2) / (2 + 1) at most, with memory 1/2
+
+
 def test_untried_offsets_are_tried_then_learnt():
     rates = CommitRates(8)
     linear = StepCosts({1: 1.0, 8: 8.0}).cost  # compute-bound: every row costs the same
     fixed_part = StepCosts({1: 1.0, 8: 4.0}).cost
-    # Nothing known: every candidate is assumed to commit, so with compute-bound prices every
-    # width commits as much per second and the narrowest wins the tie; with a fixed part per
-    # step, the widest wins.
+    # Nothing known (pass rate 1/2): one row per step when every row costs the same; with a
+    # fixed part per step, the widest.
     assert choose_sub_block(options(0), rates, linear) == 1
     assert choose_sub_block(options(0), rates, fixed_part) == 8
     for _ in range(3):  # far candidates never pass: back to one position per step
         rates.observe(list(range(8)), [0.99] + [0.1] * 7, threshold=0.9)
     assert choose_sub_block(options(0), rates, fixed_part) == 1
-    # ... unless 8 rows cost little more than one: a pass rate of 1/4 still pays for them.
-    assert choose_sub_block(options(0), rates, StepCosts({1: 1.0, 8: 2.0}).cost) == 8
+    # ... unless 8 rows cost little more than one: a pass rate of 1/8 still pays for them.
+    assert choose_sub_block(options(0), rates, StepCosts({1: 1.0, 8: 1.5}).cost) == 8
     for _ in range(20):  # now they all pass (threshold 0): the widest again
         rates.observe(list(range(8)), [0.5] * 8, threshold=0.0)
     assert choose_sub_block(options(0), rates, fixed_part) == 8

@@ -25,6 +25,7 @@ from .config import ModelConfig
 from .errors import InvalidRequestError
 from .params import DiffusionParams, EngineConfig, SamplingParams, validate
 from .sequence import DlmSpec, Sequence
+from .sub_block import CommitRates
 from .tokenizer import Tokenizer
 
 __all__ = ["Prompt", "Request", "RequestIntake", "DEFAULT_BLOCK_SIZE", "DEFAULT_SUB_BLOCK_SIZE",
@@ -41,6 +42,8 @@ DEFAULT_ATTENTION: Literal["causal", "block"] = "causal"  # "block" when the mod
 
 # Prompts longer than this (characters) are tokenized in a worker thread, off the event loop.
 LONG_PROMPT_CHARS = 4096
+# Distinct DLM settings whose pass rates (sub_block_size="auto") are kept.
+MAX_RATE_POOLS = 64
 
 _T = TypeVar("_T")
 
@@ -74,6 +77,7 @@ class RequestIntake:
             tokenizer.eos_token_ids if tokenizer is not None else ())
         # The model's mask token is never an output, in AR requests too.
         self.exclude_id = self._mask_id(None)
+        self._rates: dict[DlmSpec, CommitRates] = {}
 
     # ----- when the request is made -----------------------------------------------------------
     def check(self, prompt: Prompt, params: SamplingParams | dict | None,
@@ -174,7 +178,7 @@ class RequestIntake:
                                       "in a prompt (positions to fill are chosen by the decoder)")
         stop_ids = frozenset(sp.stop_token_ids) | (frozenset() if sp.ignore_eos else self.eos_ids)
         seq = Sequence(request.request_id, request.text, ids, sp, dlm, stop_ids, self.tokenizer,
-                       -1 if mask is None else mask)
+                       -1 if mask is None else mask, self._commit_rates(dlm))
         max_pos = self.model_config.max_position_embeddings
         if seq.kv_positions > max_pos:
             raise InvalidRequestError(
@@ -184,6 +188,17 @@ class RequestIntake:
             raise InvalidRequestError(f"the request needs {seq.kv_positions} KV positions; the cache "
                                       f"holds {self.kv_room} (raise kv_cache_tokens)")
         return seq
+
+    def _commit_rates(self, dlm: DlmSpec | None) -> CommitRates | None:
+        """The pass rates shared by ``sub_block_auto`` requests with these settings (the most
+        recently used ``MAX_RATE_POOLS`` settings are kept: a client may send any thresholds)."""
+        if dlm is None or not dlm.sub_block_auto:
+            return None
+        rates = self._rates.pop(dlm, None) or CommitRates(dlm.block_size)
+        self._rates[dlm] = rates  # now the most recently used
+        if len(self._rates) > MAX_RATE_POOLS:
+            del self._rates[next(iter(self._rates))]
+        return rates
 
     # ----- helpers ----------------------------------------------------------------------------
     def _need_tokenizer(self, what: str) -> Tokenizer:

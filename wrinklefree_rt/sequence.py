@@ -90,7 +90,9 @@ class Mailbox:
 class Sequence:
     def __init__(self, request_id: str, prompt: str | None, prompt_ids: list[int],
                  params: SamplingParams, dlm: DlmSpec | None, stop_ids: frozenset[int],
-                 tokenizer: Tokenizer | None, exclude_id: int):
+                 tokenizer: Tokenizer | None, exclude_id: int, commit_rates: CommitRates | None = None):
+        """``commit_rates``: where a ``sub_block_auto`` request learns and reads pass rates
+        (shared by requests with the same settings; its own when not given)."""
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_ids = list(prompt_ids)
@@ -100,7 +102,7 @@ class Sequence:
         self.sub_block = dlm.sub_block_size if dlm else 1
         auto = dlm is not None and dlm.sub_block_auto
         self._widths = [w for w in range(1, self.block + 1) if self.block % w == 0] if auto else None
-        self._rates = CommitRates(self.block) if auto else None
+        self._rates = (commit_rates or CommitRates(self.block)) if auto else None
         self.sub_block_trace: list[int] = []  # with sub_block_auto: the width of every decision
         self.shift = dlm.shift if dlm else True
         self.attn_block = dlm.attn_block if dlm else 1

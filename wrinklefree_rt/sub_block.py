@@ -3,7 +3,8 @@
 A denoising step's candidates are the still-masked positions of the first sub-block that has
 any; a wider sub-block offers more candidates to commit but runs more rows. Which width commits
 the most tokens per second depends on two things this module estimates: how likely a candidate
-is to pass the threshold (``CommitRates``, learnt from the request's own decisions), and what
+is to pass the threshold (``CommitRates``, learnt from the recent decisions of the requests
+with the same settings), and what
 the rows cost on this machine (``wrinklefree_rt.step_costs``, learnt from the engine's steps).
 Before each step the request takes the width with the most expected committed tokens per
 second of the step's marginal cost.
@@ -22,28 +23,42 @@ __all__ = ["CommitRates", "choose_sub_block"]
 
 class CommitRates:
     """How often a candidate ``d`` positions after its step's first candidate passed the
-    threshold, per ``d`` (the first candidate is the one always committed, roughly)."""
+    threshold, per ``d``, over the recent decisions of every request with the same settings
+    (their predictions come from one model; a request alone decides too few times to learn
+    from). Older decisions fade (weight ``memory`` per newer one) as the text changes."""
 
-    def __init__(self, block: int):
-        self.passed = [0] * block
-        self.seen = [0] * block
+    def __init__(self, block: int, memory: float = 0.99):
+        self.passed = [0.0] * block
+        self.seen = [0.0] * block
+        self.memory = memory
+        self._curve: list[float] | None = None
 
     def observe(self, cands: Sequence[int], probs: Sequence[float], threshold: float) -> None:
+        m = self.memory
+        self.passed = [x * m for x in self.passed]
+        self.seen = [x * m for x in self.seen]
         first = cands[0]
         for c, p in zip(cands[1:], probs[1:]):
             d = c - first
-            self.seen[d] += 1
+            self.seen[d] += 1.0
             self.passed[d] += p >= threshold
+        self._curve = None
 
-    def rate(self, d: int) -> float:
-        """Estimated pass rate at offset ``d`` >= 1: an optimistic prior (1 before any data, 1/2
-        after one miss), so that a width whose far candidates were never tried gets tried once
-        its rows are cheap enough, and learnt from then on."""
-        return (self.passed[d] + 1) / (self.seen[d] + 1)
+    def curve(self) -> list[float]:
+        """Estimated pass rate per offset: half a pass in one observation as the prior (1/2
+        before any data, so that the far candidates are tried early and learnt), and never
+        above a nearer offset's (confidence falls with distance; offsets tried rarely take
+        their nearer neighbours' rate)."""
+        if self._curve is None:
+            rates = [1.0]
+            for passed, seen in zip(self.passed[1:], self.seen[1:]):
+                rates.append(min(rates[-1], (passed + 0.5) / (seen + 1.0)))
+            self._curve = rates
+        return self._curve
 
     def expected_commits(self, cands: Sequence[int]) -> float:
-        first = cands[0]
-        return 1.0 + sum(self.rate(c - first) for c in cands[1:])
+        curve, first = self.curve(), cands[0]
+        return 1.0 + sum(curve[c - first] for c in cands[1:])
 
 
 def choose_sub_block(options: Sequence[tuple[int, Sequence[int], int]], rates: CommitRates,
