@@ -1,8 +1,12 @@
 """Serving figures through the public ``Engine``: DLM block decoding with N concurrent
 requests, and the scheduler's overhead (time outside the C++ step) at 64 requests.
 
+    python -m bench.serving [--threads 2] [--quick]    # writes bench/results/serving-<UTC>.json
+
+(``python -m bench.run`` takes the same figures after its side-by-side runs.)
+
 DLM runs: prompt 32 tokens, 64 new tokens (two blocks of 32), ``ignore_eos`` so every request
-does the same work. Two settings per N:
+does the same work. Settings per N:
 - threshold 0.9 (the default; sub-block 8): what decoding does. On random weights the model is
   never confident, so this is the floor: about one token per request per forward.
 - threshold 0 with sub-block 32: every masked position is unmasked in one step, the ceiling.
@@ -14,7 +18,12 @@ The step time is taken inside ``BitNetBatchEngine.step`` by a timing wrapper aro
 """
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import json
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +32,7 @@ from wrinklefree_rt import random_model as synth
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
 
-from . import artifacts
+from . import artifacts, hw
 
 __all__ = ["run", "table", "TimedCore"]
 
@@ -153,3 +162,29 @@ def table(serving: dict) -> list[str]:
                   f"step {1e3 * s['step_s_per_step']:.2f} ms: {100 * s['overhead_fraction']:.0f} % of step time "
                   f"({s['core_steps']} steps, {s['rows'] / max(s['forwards'], 1):.0f} rows per step)."]
     return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="N = 1 and 4, the ceiling only")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args(argv)
+    shape = synth.SHAPES["2b"]
+    report = {"started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(sys.executable).name, "-m", "bench.serving", *sys.argv[1:]]),
+              "machine": {k: v for k, v in hw.machine().items() if k != "flags"},
+              "threads": args.threads, "loadavg": [os.getloadavg()]}
+    report["serving"] = run(artifacts.wfrt_dir(shape), shape, args.threads, args.quick)
+    report["loadavg"].append(os.getloadavg())
+    print("\n".join(table(report["serving"])))
+    print(f"load average before/after: {report['loadavg']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"serving-{stamp}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

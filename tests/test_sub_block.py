@@ -59,8 +59,6 @@ def test_step_costs_interpolate_and_extrapolate_optimistically():
     assert c.cost(5) == pytest.approx(2.5)   # linear between measured sizes
     assert c.cost(1) == pytest.approx(0.5)   # below: in proportion to the rows
     assert c.cost(64) == 4.0                 # above: the largest measurement's cost
-    assert c.marginal(0, 8) == 4.0
-    assert c.marginal(2, 6) == pytest.approx(3.0)
     assert StepCosts().cost(5) == 0.0
 
 

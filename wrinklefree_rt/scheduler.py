@@ -12,7 +12,6 @@ width by cost (``DiffusionParams(sub_block_size="auto")``).
 """
 from __future__ import annotations
 
-import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,11 +68,10 @@ class Scheduler:
             order = [s for s in running if not s.in_prefill]
             if len(order) < len(running):
                 order += [s for s in running if s.in_prefill]
-        others = self._rows_besides() if any(s.sub_block_auto for s in running) else None
+        price = self._width_price(running)
         for seq in order:
-            price = functools.partial(self.costs.marginal, others(seq)) \
-                if others is not None and seq.sub_block_auto else None
-            work = seq.next_work(self.budget - used, first_in_step=not chosen, price=price)
+            work = seq.next_work(self.budget - used, first_in_step=not chosen,
+                                 price=price if seq.sub_block_auto else None)
             if work is None:
                 seq.skipped += 1
                 continue
@@ -84,14 +82,18 @@ class Scheduler:
         self.stats.schedule_time += time.perf_counter() - t0
         return plan
 
-    def _rows_besides(self) -> Callable[[Sequence], int]:
-        """Rows the last step ran besides a given sequence's: the estimate of the rows its
-        next step's rows join."""
+    def _width_price(self, running: list[Sequence]) -> Callable[[int], float] | None:
+        """The price of ``rows`` rows for a request choosing its sub-block width: its share of
+        a step in which every decoding ``sub_block_auto`` request runs that many rows beside
+        the rows the last step ran for the others. (Priced one by one against the others' rows
+        as they are, every request would find its extra rows cheap, or all dear, at once.)"""
+        n = sum(1 for s in running if s.sub_block_auto and not s.in_prefill)
+        if not n:
+            return None
         last = self._last_plan
-        if last is None:
-            return lambda seq: 0
-        own = {id(seq): w.end - w.start for seq, w in zip(last.seqs, last.works)}
-        return lambda seq: last.n_rows - own.get(id(seq), 0)
+        fixed = sum(w.end - w.start for s, w in zip(last.seqs, last.works) if not s.sub_block_auto) if last else 0
+        cost = self.costs.cost
+        return lambda rows: cost(fixed + n * rows) / n
 
     def run(self, plan: StepPlan) -> StepResult:
         """Run the plan's forward; called in a worker thread (it touches only the core, and the

@@ -8,9 +8,8 @@ step never costs less than its fixed part), the largest measurement's cost above
 never cost less). A policy that prices work with it tries an unmeasured size when it looks
 worth it and measures it by doing so, instead of ruling it out on a guess.
 
-``marginal(others, rows)`` is what adding ``rows`` to a step that already holds ``others`` rows
-costs: the whole step's cost when it would run alone. The cost-aware sub-block choice
-(``wrinklefree_rt.sub_block``) maximises committed tokens per marginal second.
+The cost-aware sub-block choice (``wrinklefree_rt.sub_block``, priced in
+``Scheduler._width_price``) maximises committed tokens per second of these costs.
 """
 from __future__ import annotations
 
@@ -61,10 +60,6 @@ class StepCosts:
                 return s0 + (s1 - s0) * (rows - r0) / (r1 - r0)
             r0, s0 = r1, s1
         return s0
-
-    def marginal(self, others: int, rows: int) -> float:
-        """Seconds that ``rows`` more rows add to a step of ``others`` rows."""
-        return self.cost(others + rows) - self.cost(others) if others > 0 else self.cost(rows)
 
     def table(self) -> dict[int, float]:
         """The measured buckets: {mean rows (rounded): seconds per step}."""

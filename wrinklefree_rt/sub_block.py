@@ -2,12 +2,11 @@
 
 A denoising step's candidates are the still-masked positions of the first sub-block that has
 any; a wider sub-block offers more candidates to commit but runs more rows. Which width commits
-the most tokens per second depends on two things this module estimates: how likely a candidate
-is to pass the threshold (``CommitRates``, learnt from the recent decisions of the requests
-with the same settings), and what
-the rows cost on this machine (``wrinklefree_rt.step_costs``, learnt from the engine's steps).
-Before each step the request takes the width with the most expected committed tokens per
-second of the step's marginal cost.
+the most tokens per second depends on how likely a candidate is to pass the threshold
+(``CommitRates``, learnt from the recent decisions of the requests with the same settings) and
+on what rows cost on this machine (``wrinklefree_rt.step_costs``, measured from the engine's
+steps). Before each step the request takes the width with the most expected committed tokens
+per second of its share of the step (``Scheduler._width_price``).
 
 This changes decisions, not only which rows run (the candidates depend on the width), so it is
 a named option, not the default. Every decision is still the threshold rule over the chosen
