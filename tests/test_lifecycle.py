@@ -216,3 +216,29 @@ async def test_small_pool_requests_wait_and_stay_exact(model_dir, solo):
     assert results[0] == alone.token_ids
     assert [results[i + 1] for i in range(len(KINDS))] == solo
     assert max(seen_waiting) >= len(KINDS) - 2
+
+
+@pytest.mark.anyio
+async def test_a_consumer_is_cancelled_while_steps_run_back_to_back(model_dir):
+    """Steps this short run on the event loop's thread one after the other; a cancel scope
+    around a consumer must still take effect within a few steps (asyncio's anyio delivers a
+    cancellation only to a task waiting on an unresolved future, which the engine resolves
+    every step)."""
+    engine = Engine.from_pretrained(model_dir, max_num_seqs=2)
+    async with engine:
+        await engine.generate(prompt(5, seed=1), SamplingParams(max_tokens=32, ignore_eos=True))
+        assert max(engine.stats().step_costs.values()) < 0.005  # so these steps run inline
+        updates = 0
+        with anyio.CancelScope() as scope:
+            async def cancel_after_ten() -> None:
+                while updates < 10:
+                    await anyio.sleep(0)
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_after_ten)
+                async for out in engine.generate_async(prompt(5, seed=2),
+                                                       SamplingParams(max_tokens=240, ignore_eos=True)):
+                    updates += 1
+        assert scope.cancelled_caught and updates < 50, updates
+        await settle(engine)

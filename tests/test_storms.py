@@ -45,10 +45,13 @@ _solo: list = []
 
 
 async def warm_solo(engine) -> list[list[int]]:
-    """The kinds' solo outputs (computed once); also starts this event loop's step thread."""
+    """The kinds' solo outputs (computed once); also starts this event loop's worker thread
+    (the engine runs steps it has measured to be short on the loop's own thread, so its solo
+    steps may not have)."""
     if not _solo:
         _solo.extend(await solo_outputs(engine, KINDS))
     assert await solo_outputs(engine, KINDS[:1]) == _solo[:1]
+    await anyio.to_thread.run_sync(int)
     return _solo
 
 

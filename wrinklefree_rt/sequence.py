@@ -128,6 +128,7 @@ class Sequence:
 
         self.rng = (np.random.default_rng(params.seed)
                     if params.temperature > 0 and not dlm else None)
+        self._ar_modes = [OutMode.SAMPLE if self.rng is not None else OutMode.ARGMAX]  # read only
         self.text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
         self.output_ids: list[int] = []
         self.finished = False
@@ -213,6 +214,12 @@ class Sequence:
         """Rows this sequence needs next, within ``budget`` rows. The first sequence of a step
         may exceed it by one indivisible unit; others get None when they do not fit.
         ``price``: seconds that n more rows add to the step (``sub_block_auto`` needs it)."""
+        if self.dlm is None:  # AR: the row before the next position (prefill chunks below)
+            p = self._first_open
+            start = min(self.kv_valid, p - 1)
+            if p - start <= budget:
+                uniforms = [min(float(self.rng.random()), _BELOW_ONE)] if self.rng is not None else []
+                return Work(start, p, [p - 1], self._ar_modes, uniforms)
         if self._pending_fill():
             target = self._first_open
             need, end, independent = [target - 1], target, target
@@ -271,6 +278,8 @@ class Sequence:
             self.kv_valid = work.end
         self.forwards += 1
         self.rows += work.end - work.start
+        if self.dlm is None and tokens:
+            return self._next_ar_token(tokens[0])
         for pos, tok, prob in zip(work.out_positions, tokens, probs):
             self._preds[pos] = (tok, prob)
             self._started = True
@@ -295,6 +304,26 @@ class Sequence:
                 self._unmask(cands)
             self._drop_stale_preds()
             released = self._advance() or released
+        return released
+
+    def _next_ar_token(self, tok: int) -> bool:
+        """What ``_progress`` does for an AR request's one output (the token for the pending
+        position, whose row ran last), without its generality: AR runs it once per token."""
+        p = self._first_open
+        self.tokens[p] = tok
+        self._started = True
+        if tok in self.stop_ids:
+            self._finish_at(p + 1, "stop", tok)
+            return True
+        self._scan = p + 1
+        if p + 1 >= self.limit:
+            self._finish_at(self.limit, "length", None)
+            return True
+        released = self._release(p + 1)
+        if not self.finished:  # the next one-position block, as _advance and _open_block make it
+            self.block_start = self._first_open = p + 1
+            self.block_end = p + 2
+            self.tokens.append(self.mask_id)
         return released
 
     def _unmask(self, cands: list[int]) -> None:

@@ -13,6 +13,8 @@ The cost-aware sub-block choice (``wrinklefree_rt.sub_block``, priced in
 """
 from __future__ import annotations
 
+import math
+
 __all__ = ["StepCosts"]
 
 # Weight of the newest step in a bucket's moving average: steps vary by a few percent and the
@@ -60,6 +62,11 @@ class StepCosts:
                 return s0 + (s1 - s0) * (rows - r0) / (r1 - r0)
             r0, s0 = r1, s1
         return s0
+
+    def at_most(self, rows: int) -> float:
+        """A measured bound on a step of ``rows`` rows: the cost of the smallest measured size
+        at or above it (steps cost more with more rows); infinite when none is measured."""
+        return next((s for r, s in self._points if r >= rows), math.inf)
 
     def table(self) -> dict[int, float]:
         """The measured buckets: {mean rows (rounded): seconds per step}."""
