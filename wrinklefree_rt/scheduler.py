@@ -70,8 +70,7 @@ class Scheduler:
                 order += [s for s in running if s.in_prefill]
         price = self._width_price(running)
         for seq in order:
-            work = seq.next_work(self.budget - used, first_in_step=not chosen,
-                                 price=price if seq.sub_block_auto else None)
+            work = seq.next_work(self.budget - used, first_in_step=not chosen, price=price)
             if work is None:
                 seq.skipped += 1
                 continue
@@ -136,6 +135,8 @@ class Scheduler:
         self.stats.step_time += step_time
         tokens, probs, errors = out.tokens.tolist(), out.probs.tolist(), out.errors
         bounds = plan.out_bounds
+        released = 0
+        ended = bool(errors)
         for i, (seq, work) in enumerate(zip(plan.seqs, plan.works)):
             if seq.finished or seq.aborted:
                 continue
@@ -148,11 +149,17 @@ class Scheduler:
                 news = seq.apply(work, tokens[o0:o1], probs[o0:o1])
             except Exception as e:  # a bug or bad state in one request fails that request alone
                 seq.fail(e)
+                ended = True
                 continue
-            self.stats.tokens += len(seq.output_ids) - before
-            if seq.finished or news and not seq.mailbox.final_only:
+            released += len(seq.output_ids) - before
+            if seq.finished:
+                ended = True
                 seq.mailbox.notify()
-        self._release_ended()
+            elif news and not seq.mailbox.final_only:
+                seq.mailbox.notify()
+        self.stats.tokens += released
+        if ended:  # free their slots now: stats() may be read before the next schedule()
+            self._release_ended()
         end = time.perf_counter()
         self.stats.schedule_time += end - t0
         if self.stats.forwards > 1:  # the first step also faults the (memory-mapped) weights in

@@ -101,6 +101,7 @@ class Sequence:
         self.block = dlm.block_size if dlm else 1
         self.sub_block = dlm.sub_block_size if dlm else 1
         auto = dlm is not None and dlm.sub_block_auto
+        self.sub_block_auto = auto
         self._widths = [w for w in range(1, self.block + 1) if self.block % w == 0] if auto else None
         self._rates = (commit_rates or CommitRates(self.block)) if auto else None
         self.sub_block_trace: list[int] = []  # with sub_block_auto: the width of every decision
@@ -204,10 +205,6 @@ class Sequence:
     def in_prefill(self) -> bool:
         """No prediction made yet: the scheduler packs these after decode/denoise rows."""
         return not self._started
-
-    @property
-    def sub_block_auto(self) -> bool:
-        return self._widths is not None
 
     def next_work(self, budget: int, first_in_step: bool,
                   price: Callable[[int], float] | None = None) -> Work | None:
