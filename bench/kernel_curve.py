@@ -19,11 +19,8 @@ Writes bench/results/kernels-<UTC timestamp>.json (bench.run embeds the kernel f
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +28,7 @@ import numpy as np
 
 from wrinklefree_rt import _core
 
-from . import hw
+from . import report as report_file
 
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
 # (N, K) of the 2B-4T projections: q/o, gate/up, down.
@@ -139,7 +136,7 @@ def engine_curve(tables: list[str], threads: int, rounds: int) -> dict:
                                     page_size=32, lm_head="int8", isa=table, ternary_kernel=plan)
             engines[f"{table} {plan}"] = StepBench(eng, 0.0)
     samples = {name: {m: [] for m in ROWS} for name in engines}
-    for name, ours in engines.items():
+    for ours in engines.values():
         ours.forward(max(ROWS), 1)  # warm-up: buffers, KV pages, the LUT kernels' scratch
     for _ in range(rounds):
         for m in ROWS:
@@ -183,12 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tables", nargs="*", help=f"kernel tables (default: {default_tables()})")
     ap.add_argument("--engine", action="store_true", help="also the 2B-4T forward step, tiles vs measured plan")
     ap.add_argument("--threads", type=int, default=2, help="engine threads for --engine (default 2)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--out", type=Path, default=report_file.RESULTS)
     args = ap.parse_args(argv)
-    report = {"started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name, "-m", "bench.kernel_curve", *sys.argv[1:]]),
-              "machine": {k: v for k, v in hw.machine().items() if k != "flags"},
-              **run(args.quick, args.tables)}
+    report = {**report_file.header("bench.kernel_curve"), **run(args.quick, args.tables)}
     print(table_text(report["derived"]))
     if args.engine:
         report["engine"] = engine_curve(report["tables"], args.threads, rounds=3 if args.quick else 7)
@@ -196,11 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         report["loadavg"].append(os.getloadavg())
         print(engine_text(report["engine"]))
     print(f"load average before/after: {report['loadavg']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"kernels-{stamp}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    report_file.write(report, args.out, "kernels", args.quick)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,8 @@ The step time is taken inside ``BitNetBatchEngine.step`` by a timing wrapper aro
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +29,8 @@ from wrinklefree_rt import random_model as synth
 from wrinklefree_rt._core import BitNetBatchEngine
 from wrinklefree_rt.formats import load_model_dir
 
-from . import artifacts, hw
+from . import artifacts
+from . import report as report_file
 
 __all__ = ["run", "table", "TimedCore"]
 
@@ -168,23 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="N = 1 and 4, the ceiling only")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--out", type=Path, default=report_file.RESULTS)
     args = ap.parse_args(argv)
     shape = synth.SHAPES["2b"]
-    report = {"started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name, "-m", "bench.serving", *sys.argv[1:]]),
-              "machine": {k: v for k, v in hw.machine().items() if k != "flags"},
-              "threads": args.threads, "loadavg": [os.getloadavg()]}
+    report = {**report_file.header("bench.serving"), "threads": args.threads, "loadavg": [os.getloadavg()]}
     report["serving"] = run(artifacts.wfrt_dir(shape), shape, args.threads, args.quick)
     report["loadavg"].append(os.getloadavg())
     print("\n".join(table(report["serving"])))
     print(f"load average before/after: {report['loadavg']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"serving-{stamp}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
-
+    report_file.write(report, args.out, "serving", args.quick)
 
 if __name__ == "__main__":
     main()

@@ -9,10 +9,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
+import test_scheduler
 from reference_dlm import reference_ar, reference_dlm
 from test_scheduler import EOS, MASK, assert_idle, prompt, run_all
-from tiny_models import make_hf_model, save_hf_model
 
 from wrinklefree_rt import DiffusionParams, Engine, SamplingParams
 from wrinklefree_rt.cli import sub_block_size_arg
@@ -20,21 +19,8 @@ from wrinklefree_rt.errors import InvalidRequestError
 from wrinklefree_rt.step_costs import StepCosts
 from wrinklefree_rt.sub_block import CommitRates, choose_sub_block
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return make_hf_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def model_dir(model, tmp_path_factory):
-    return save_hf_model(model, tmp_path_factory.mktemp("tiny"))
+# The scheduler tests' fixtures: both backends, their tiny model and its directory.
+anyio_backend, model, model_dir = test_scheduler.anyio_backend, test_scheduler.model, test_scheduler.model_dir
 
 
 def recording_engine(model_dir, **config):
