@@ -177,6 +177,13 @@ def test_dlm_chat_non_streaming(server, reference):
     assert got["usage"]["completion_tokens"] == len(want.token_ids)
 
 
+def test_dlm_with_the_cost_aware_width(server):
+    got = server.post("/v1/completions", {"model": MODEL, "prompt": "Tell me a story", "max_tokens": 24,
+                                          "ignore_eos": True,
+                                          "diffusion": {**DLM, "sub_block_size": "auto"}}).json()
+    assert got["usage"]["completion_tokens"] == 24 and got["choices"][0]["finish_reason"] == "length"
+
+
 def test_32_concurrent_streams_batch_and_add_up(server, reference):
     prompts = [f"Request number {i}: " + "word " * (i % 7) for i in range(32)]
     params = [dict(GREEDY, max_tokens=10 + i % 5) if i % 2 else dict(SEEDED, seed=i, max_tokens=10 + i % 5)
@@ -347,6 +354,7 @@ def test_unreadable_bodies_get_400(server, body, param, match):
     ({"max_tokens": 5000}, None, "positions"),
     ({"diffusion": {"block_size": 0}}, "diffusion.block_size", ">= 1"),
     ({"diffusion": {"nope": 1}}, "diffusion.nope", "unknown field"),
+    ({"diffusion": {"sub_block_size": "wide"}}, "diffusion.sub_block_size", "Invalid enum value"),
     ({"temperature": 0.5, "diffusion": True}, "temperature", "greedily"),
 ], ids=lambda v: None)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
