@@ -24,7 +24,9 @@ class CommitRates:
     """How often a candidate ``d`` positions after its step's first candidate passed the
     threshold, per ``d``, over the recent decisions of every request with the same settings
     (their predictions come from one model; a request alone decides too few times to learn
-    from). Older decisions fade (weight ``memory`` per newer one) as the text changes."""
+    from). An offset's older observations fade (weight ``memory`` per newer one at that offset)
+    as the text changes; decisions that did not reach an offset (narrow widths) leave what is
+    known of it as it was."""
 
     def __init__(self, block: int, memory: float = 0.99):
         self.passed = [0.0] * block
@@ -33,14 +35,11 @@ class CommitRates:
         self._curve: list[float] | None = None
 
     def observe(self, cands: Sequence[int], probs: Sequence[float], threshold: float) -> None:
-        m = self.memory
-        self.passed = [x * m for x in self.passed]
-        self.seen = [x * m for x in self.seen]
-        first = cands[0]
+        m, first = self.memory, cands[0]
         for c, p in zip(cands[1:], probs[1:]):
             d = c - first
-            self.seen[d] += 1.0
-            self.passed[d] += p >= threshold
+            self.seen[d] = self.seen[d] * m + 1.0
+            self.passed[d] = self.passed[d] * m + (p >= threshold)
         self._curve = None
 
     def curve(self) -> list[float]:
