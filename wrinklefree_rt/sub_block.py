@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["CommitRates", "choose_sub_block"]
+__all__ = ["CommitRates", "choose_sub_block", "WIDER_MARGIN"]
+
+WIDER_MARGIN = 1.05
 
 
 class CommitRates:
@@ -61,11 +63,13 @@ class CommitRates:
 
 def choose_sub_block(options: Sequence[tuple[int, Sequence[int], int]], rates: CommitRates,
                      price: Callable[[int], float]) -> int:
-    """The width of ``options`` (width, its candidates, the rows its step would run) with the
-    most expected commits per second of ``price(rows)``; ties go to the narrower width."""
+    """The width of ``options`` (width, its candidates, the rows its step would run, narrowest
+    first) with the most expected commits per second of ``price(rows)``. A wider width must
+    beat the best narrower one by ``WIDER_MARGIN``: measured step costs of nearby row counts
+    differ by noise, and a near tie is not worth the rows."""
     best_width, best_score = options[0][0], -1.0
     for width, cands, rows in options:
         score = rates.expected_commits(cands) / max(price(rows), 1e-12)
-        if score > best_score * (1 + 1e-9):
+        if score > best_score * WIDER_MARGIN:
             best_width, best_score = width, score
     return best_width
