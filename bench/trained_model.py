@@ -1,7 +1,7 @@
 """The shipped trained model (wrinklefree_rt/models/tiny-web-bible): validation perplexity, and
 block-diffusion decoding against AR decoding on the same engine and prompts.
 
-    python -m bench.trained_model [--threads 2] [--max-tokens 64] [--json PATH]
+    python -m bench.trained_model [--threads 2] [--max-tokens 64] [--json PATH] [--step-costs RESULTS.json]
 
 - Validation perplexity: the held-out books (tools/tiny_corpus.py) as BOS text EOS chapters,
   cut into windows of the model's context, every row's logits from the runtime (fp32 LM head).
@@ -99,12 +99,15 @@ async def _round(engine: Engine, prompts, max_tokens: int, diffusion: DiffusionP
             "tokens_per_s": tokens / wall}, outs
 
 
-def step_costs_2b() -> tuple[list[int], list[float], str] | None:
-    """Median 2B-shape step time per forward size from the newest bench.run result."""
-    found = run.newest_result(lambda report: bool(report.get("forward_samples_s")))
-    if found is None:
-        return None
-    path, report = found
+def step_costs_2b(path: Path | None = None) -> tuple[list[int], list[float], str] | None:
+    """Median 2B-shape step time per forward size from a bench.run result (default: the newest)."""
+    if path is not None:
+        report = json.loads(path.read_text())
+    else:
+        found = run.newest_result(lambda report: bool(report.get("forward_samples_s")))
+        if found is None:
+            return None
+        path, report = found
     samples = report["forward_samples_s"]
     rows = sorted(int(r) for r in samples)
     return rows, [statistics.median(samples[str(r)]) for r in rows], path.name
@@ -115,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--step-costs", type=Path,
+                        help="the bench.run results file whose 2B step times price the runs (default: the newest)")
     args = parser.parse_args(argv)
     tok = Tokenizer.from_dir(TINY_WEB_BIBLE)
     ppl, scored = validation_perplexity(args.threads)
     print(f"validation perplexity {ppl:.2f} over {scored} held-out tokens (runtime, fp32 LM head)")
 
     openings = [tok.encode(text)[:PROMPT_TOKENS] for text in tiny_corpus.split()[1]]
-    costs = step_costs_2b()
+    costs = step_costs_2b(args.step_costs)
     config = dict(num_threads=args.threads, max_num_seqs=max(CONCURRENCY), max_num_batched_tokens=1024)
     engine = Engine.from_pretrained(TINY_WEB_BIBLE, **config)
     priced_2b = Engine.from_pretrained(TINY_WEB_BIBLE, **config, step_costs=dict(zip(costs[0], costs[1]))) \
