@@ -212,3 +212,42 @@ def test_auto_is_validated_like_any_width(model_dir):
     for bad in ("0", "-2", "wide"):
         with pytest.raises(Exception, match="positive integer or 'auto'"):
             sub_block_size_arg(bad)
+
+
+@pytest.mark.anyio
+async def test_one_scan_options_equal_each_width_planned_alone(model_dir, monkeypatch):
+    """_choose_width prices every width from one scan of the block; each option's candidates and
+    rows must be what planning that width alone gives."""
+    import wrinklefree_rt.sequence as sequence_module
+    from wrinklefree_rt.sequence import Sequence
+
+    checked = []
+    real_choose = sequence_module.choose_sub_block
+
+    def checking_choose(options, rates, price):
+        seq = current[0]
+        saved = seq.sub_block, seq._cands
+        for width, cands, rows in options:
+            seq.sub_block, seq._cands = width, None
+            need, start, end = seq._denoise_rows()
+            assert (seq._candidates(), end - start) == (list(cands), rows), width
+            checked.append(width)
+        seq.sub_block, seq._cands = saved
+        return real_choose(options, rates, price)
+
+    current: list = [None]
+    real_method = Sequence._choose_width
+
+    def choose_width(self, price):
+        current[0] = self
+        real_method(self, price)
+
+    monkeypatch.setattr(sequence_module, "choose_sub_block", checking_choose)
+    monkeypatch.setattr(Sequence, "_choose_width", choose_width)
+    engine = recording_engine(model_dir, step_costs=PRICES)
+    requests = [(prompt([5, 8, 11, 3][i % 4], seed=200 + i), SamplingParams(max_tokens=10 + i % 9),
+                 auto(block, threshold, shift, block_causal))
+                for i, (shift, block, threshold, block_causal) in enumerate(GRID)]
+    async with engine:
+        await run_all(engine, requests)
+    assert len(checked) > 100 and set(checked) == {1, 2, 4, 8}

@@ -16,6 +16,7 @@ because nothing it attends to has changed.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable
@@ -187,18 +188,23 @@ class Sequence:
     def _candidates(self) -> list[int]:
         """Still-masked positions (below the limit) of the first sub-block that has any.
         Callers only read the list (it is cached)."""
-        if self._cands is not None:
-            return self._cands
-        end = min(self.block_end, self.limit)
-        tokens, mask = self.tokens, self.mask_id
-        self._cands = []
-        for sub in range(self.block_start, end, self.sub_block):
-            lo = max(sub, self.prompt_len)
-            part = tokens[lo:min(sub + self.sub_block, end)]
-            if mask in part:
-                self._cands = [lo + i for i, t in enumerate(part) if t == mask]
-                break
+        if self._cands is None:
+            masked = self._masked()
+            self._cands = masked[:self._in_first_sub_block(masked, self.sub_block)]
         return self._cands
+
+    def _masked(self) -> list[int]:
+        """The open block's still-masked generated positions below the limit, in order."""
+        tokens, mask = self.tokens, self.mask_id
+        return [p for p in range(max(self.block_start, self.prompt_len), min(self.block_end, self.limit))
+                if tokens[p] == mask]
+
+    def _in_first_sub_block(self, masked: list[int], width: int) -> int:
+        """How many of ``masked`` lie in the sub-block of ``width`` that holds the first."""
+        if not masked:
+            return 0
+        start = self.block_start
+        return bisect.bisect_left(masked, start + ((masked[0] - start) // width + 1) * width)
 
     # ----- scheduling -----------------------------------------------------------------------
     @property
@@ -258,14 +264,19 @@ class Sequence:
         return need, self._first_row(need), end
 
     def _choose_width(self, price: Callable[[int], float]) -> None:
+        """The rows and candidates of every width from one scan of the block (this runs for
+        every auto request before every step)."""
         assert self._widths is not None and self._rates is not None  # sub_block_auto
+        masked, preds, back = self._masked(), self._preds, 1 if self.shift else 0
+        missing = [p - back for p in masked if p - back not in preds]  # rows to run, in order
+        stale = self._align(self.kv_valid, self.attn_block)
         options = []
         for width in self._widths:
-            self.sub_block, self._cands = width, None
-            cands = self._candidates()
-            need, start, end = self._denoise_rows()
+            n = self._in_first_sub_block(masked, width)
+            need = bisect.bisect_right(missing, masked[n - 1] - back) if n else 0
             if need:  # a width whose candidates are all predicted would need no step
-                options.append((width, cands, end - start))
+                end = self.block_end if self.attn_block > 1 else missing[need - 1] + 1
+                options.append((width, masked[:n], end - min(stale, self._align(missing[0], self.attn_block))))
         self.sub_block, self._cands = choose_sub_block(options, self._rates, price), None
 
     # ----- results --------------------------------------------------------------------------
