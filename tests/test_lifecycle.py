@@ -219,15 +219,15 @@ async def test_small_pool_requests_wait_and_stay_exact(model_dir, solo):
 
 
 @pytest.mark.anyio
-async def test_a_consumer_is_cancelled_while_steps_run_back_to_back(model_dir):
-    """Steps this short run on the event loop's thread one after the other; a cancel scope
-    around a consumer must still take effect within a few steps (asyncio's anyio delivers a
-    cancellation only to a task waiting on an unresolved future, which the engine resolves
-    every step)."""
+async def test_a_consumer_is_cancelled_while_steps_run_back_to_back(model_dir, monkeypatch):
+    """Short steps run on the event loop's thread one after the other; a cancel scope around a
+    consumer must still take effect within a few steps (asyncio's anyio delivers a cancellation
+    only to a task waiting on an unresolved future, which the engine resolves every step)."""
+    import wrinklefree_rt.engine
+    monkeypatch.setattr(wrinklefree_rt.engine, "INLINE_STEP_S", 10.0)  # every measured step, on any CPU
     engine = Engine.from_pretrained(model_dir, max_num_seqs=2)
     async with engine:
         await engine.generate(prompt(5, seed=1), SamplingParams(max_tokens=32, ignore_eos=True))
-        assert max(engine.stats().step_costs.values()) < 0.005  # so these steps run inline
         updates = 0
         with anyio.CancelScope() as scope:
             async def cancel_after_ten() -> None:
