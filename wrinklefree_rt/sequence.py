@@ -257,11 +257,12 @@ class Sequence:
     def _denoise_rows(self) -> tuple[list[int], int, int]:
         """The rows whose predictions the candidates lack, and the row range a step runs."""
         need = [r for r in (c - 1 if self.shift else c for c in self._candidates()) if r not in self._preds]
-        if not need:
-            return need, 0, 0
+        return (need, *self._row_range(need)) if need else (need, 0, 0)
+
+    def _row_range(self, need: list[int]) -> tuple[int, int]:
+        """The rows a denoising step runs to predict rows ``need`` (ascending, not empty)."""
         # Block-causal rows see their whole block, so the whole block runs.
-        end = self.block_end if self.attn_block > 1 else max(need) + 1
-        return need, self._first_row(need), end
+        return self._first_row(need), self.block_end if self.attn_block > 1 else need[-1] + 1
 
     def _choose_width(self, price: Callable[[int], float]) -> None:
         """The rows and candidates of every width from one scan of the block (this runs for
@@ -269,14 +270,13 @@ class Sequence:
         assert self._widths is not None and self._rates is not None  # sub_block_auto
         masked, preds, back = self._masked(), self._preds, 1 if self.shift else 0
         missing = [p - back for p in masked if p - back not in preds]  # rows to run, in order
-        stale = self._align(self.kv_valid, self.attn_block)
         options = []
         for width in self._widths:
             n = self._in_first_sub_block(masked, width)
             need = bisect.bisect_right(missing, masked[n - 1] - back) if n else 0
             if need:  # a width whose candidates are all predicted would need no step
-                end = self.block_end if self.attn_block > 1 else missing[need - 1] + 1
-                options.append((width, masked[:n], end - min(stale, self._align(missing[0], self.attn_block))))
+                start, end = self._row_range(missing[:need])
+                options.append((width, masked[:n], end - start))
         self.sub_block, self._cands = choose_sub_block(options, self._rates, price), None
 
     # ----- results --------------------------------------------------------------------------
