@@ -37,9 +37,9 @@ import httpx
 from wrinklefree_rt import random_model as synth
 
 from . import artifacts, hw, peer
+from .report import RESULTS
 from .server_process import ServerProcess
 
-RESULTS = Path(__file__).resolve().parent / "results"
 START_TIMEOUT_S = 600
 REQUEST_TIMEOUT_S = 1800
 OURS, PEER = "wrinklefree_rt", "llama-cpp-python"

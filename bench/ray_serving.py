@@ -33,8 +33,7 @@ from wrinklefree_rt import random_model as synth
 
 from . import artifacts, hw
 from .http_load import OURS, ServerProcess, _prompt, run_level
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from .report import RESULTS
 
 
 def start(model_dir: Path, replicas: int, threads: int, max_clients: int, positions: int, ray: bool) -> ServerProcess:

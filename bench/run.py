@@ -33,8 +33,8 @@ from wrinklefree_rt.formats import load_model_dir
 from wrinklefree_rt.measure import StepBench
 
 from . import artifacts, gguf_writer, hw, peer
+from .report import RESULTS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 OURS = "wrinklefree_rt"
 PEER_NAMES = {"TQ2_0": "llama.cpp TQ2_0", "TQ1_0": "llama.cpp TQ1_0"}

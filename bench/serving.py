@@ -176,5 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average before/after: {report['loadavg']}")
     report_file.write(report, args.out, "serving", args.quick)
 
+
 if __name__ == "__main__":
     main()

@@ -126,7 +126,6 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 _T = TypeVar("_T", SamplingParams, DiffusionParams, EngineConfig)
 
 
-
 def validate(value: Any, kind: type[_T], what: str) -> _T:
     """``value`` (an instance, a dict or None for the defaults) as a checked ``kind``.
 
