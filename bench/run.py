@@ -37,6 +37,8 @@ from .report import RESULTS
 
 REPO = Path(__file__).resolve().parent.parent
 OURS = "wrinklefree_rt"
+# The same engine with its ternary weights packed 5 codes per byte (ternary_packing="base3").
+OURS_BASE3 = f"{OURS} base3"
 PEER_NAMES = {"TQ2_0": "llama.cpp TQ2_0", "TQ1_0": "llama.cpp TQ1_0"}
 BASELINE = PEER_NAMES["TQ2_0"]
 # Pause between systems, so the previous one's spinning worker threads have gone to sleep.
@@ -53,23 +55,23 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _load_ours(path: Path, threads: int, max_slots: int, kv_tokens: int) -> StepBench:
+def _load_ours(path: Path, threads: int, max_slots: int, kv_tokens: int, packing: str = "2bit") -> StepBench:
     t0 = time.perf_counter()
     cfg, tensors = load_model_dir(path)
     page = 32
     eng = BitNetBatchEngine(cfg, tensors, num_threads=threads, max_slots=max_slots,
-                            kv_pages=-(-kv_tokens // page), page_size=page, lm_head="int8")
+                            kv_pages=-(-kv_tokens // page), page_size=page, lm_head="int8",
+                            ternary_packing=packing)
     return StepBench(eng, time.perf_counter() - t0)
 
 
-def bytes_per_token_ours(shape: synth.Shape) -> int:
+def bytes_per_token_ours(shape: synth.Shape, packing: str = "2bit") -> int:
     """Weight bytes one AR decode step reads: packed ternary linears + int8 head (+ row scales)
     + fp32 norms. The KV cache (< 2 % at these lengths) is left out, which flatters no one:
     it raises the ceiling."""
-    ternary = sum(_core.ternary_packed_bytes(o(shape), i(shape)) for _, o, i in synth.PROJECTIONS)
     norms = (3 * shape.hidden + shape.intermediate) * 4
     head = shape.vocab * shape.hidden + shape.vocab * 4
-    return shape.layers * (ternary + norms) + head + shape.hidden * 4
+    return ternary_bytes_ours(shape, packing) + shape.layers * norms + head + shape.hidden * 4
 
 
 def bytes_per_token_gguf(shape: synth.Shape, qtype: str) -> int:
@@ -79,9 +81,9 @@ def bytes_per_token_gguf(shape: synth.Shape, qtype: str) -> int:
     return sum(gguf_writer.tensor_nbytes(dims, t) for _, _, dims, t in plan)
 
 
-def ternary_bytes_ours(shape: synth.Shape) -> int:
-    return shape.layers * sum(_core.ternary_packed_bytes(o(shape), i(shape))
-                              for _, o, i in synth.PROJECTIONS)
+def ternary_bytes_ours(shape: synth.Shape, packing: str = "2bit") -> int:
+    nbytes = _core.ternary_packed_bytes if packing == "2bit" else _core.base3_packed_bytes
+    return shape.layers * sum(nbytes(o(shape), i(shape)) for _, o, i in synth.PROJECTIONS)
 
 
 class CpuMeter:
@@ -235,6 +237,9 @@ def run(args: argparse.Namespace) -> dict:
             systems[OURS] = ours  # baseline first, then this runtime, then the other peer
     if OURS not in systems:
         systems[OURS] = ours
+    if not args.no_base3:
+        systems[OURS_BASE3] = _load_ours(wfrt, threads, max_slots=1, kv_tokens=1024, packing="base3")
+        report["versions"]["wrinklefree_rt_base3_ternary_plan"] = systems[OURS_BASE3].eng.ternary_plan
 
     figures = {f"tg{gen}": (gen, lambda s: s.tg(prompt_len, gen))}
     for n in pp_sizes:
@@ -281,7 +286,7 @@ def run(args: argparse.Namespace) -> dict:
     report["forward_foreign_cores"] = {str(m): v for m, v in fwd_foreign.items()}
 
     for sysm in systems.values():
-        if sysm is not ours:
+        if isinstance(sysm, peer.LlamaPeer):
             sysm.close()
     del systems
     ours_path = wfrt
@@ -326,7 +331,7 @@ def derive(report: dict) -> dict:
     maddubs_peak = peaks["avx2_maddubs_i16acc"]
     best_kernel = max(peaks, key=peaks.get)
     macs = synth.ternary_macs_per_token(shape)
-    bpt = {OURS: bytes_per_token_ours(shape)}
+    bpt = {OURS: bytes_per_token_ours(shape), OURS_BASE3: bytes_per_token_ours(shape, "base3")}
     for q, name in PEER_NAMES.items():
         if name in samples[next(iter(samples))]:
             bpt[name] = bytes_per_token_gguf(shape, q)
@@ -465,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
     ap.add_argument("--no-serving", action="store_true", help="skip the DLM/scheduler figures")
+    ap.add_argument("--no-base3", action="store_true", help="skip the engine with base-3 packed weights")
     ap.add_argument("--no-kernel-curves", action="store_true", help="skip the per-variant ternary kernel curves")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for other processes to go quiet")

@@ -29,6 +29,12 @@ const KernelTable& pick_kernels(const std::string& isa) {
     return *t;
 }
 
+bool pick_base3(const std::string& packing) {
+    if (packing == "2bit") return false;
+    if (packing == "base3") return true;
+    throw std::invalid_argument("ternary_packing '" + packing + "' is unknown (choose from: 2bit, base3)");
+}
+
 int pick_threads(int n) {
     if (n < 0) throw std::invalid_argument("num_threads must be >= 0, got " + std::to_string(n));
     return n == 0 ? physical_core_count() : n;
@@ -64,11 +70,12 @@ struct BitNetBatchEngine::Impl {
     Impl(const ModelSpec& c, const EngineOptions& o, const std::vector<NamedTensor>& tensors)
         : opt(o),
           kern(&pick_kernels(o.isa)),
-          plan(plan_ternary(*kern, o.ternary_kernel, c.hidden_size)),
+          plan(plan_ternary(*kern, o.ternary_kernel, c.hidden_size, pick_base3(o.ternary_packing))),
           pool(pick_threads(o.num_threads)),
           model(c, o.lm_head, tensors, pool),
           kv(c.num_layers, c.num_kv_heads * c.head_dim, o.page_size, pick_pages(c, o), o.max_slots) {
         if (plan.uses_lut()) model.add_lut_layouts(pool);
+        if (plan.base3) model.use_base3_layouts(pool);
     }
 
     void validate(const StepInput& in);

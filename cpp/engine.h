@@ -21,6 +21,7 @@ struct EngineOptions {
     LmHeadPrecision lm_head = LmHeadPrecision::I8;
     std::string isa;            // "": best this CPU runs; else a KernelTable name (tests force "generic")
     std::string ternary_kernel; // "": WFRT_TERNARY or "auto"; see plan_ternary (kernels/ternary_plan.h)
+    std::string ternary_packing = "2bit";  // or "base3": 5 codes per byte (kernels/base3.h)
 };
 
 // What a step computes for an output row. wrinklefree_rt._core.OutMode mirrors these values.

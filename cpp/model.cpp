@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "kernels/base3.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -106,11 +108,11 @@ void quantize_head_q4(const float* w, int V, int H, const char* name, ThreadPool
 
 }  // namespace
 
-RowSplit::RowSplit(int n, int threads, int per_thread) : N(n) {
+RowSplit::RowSplit(int n, int threads, int per_thread, int align) : N(n) {
     // About four tasks per thread balance uneven progress without making tasks tiny.
     int want = std::max(1, threads * per_thread);
     int c = (n + want - 1) / want;
-    chunk = std::max(kTernaryNAlign, (c + kTernaryNAlign - 1) / kTernaryNAlign * kTernaryNAlign);
+    chunk = std::max(align, (c + align - 1) / align * align);
     tasks = (n + chunk - 1) / chunk;
 }
 
@@ -241,6 +243,19 @@ void Model::add_lut_layouts(ThreadPool& pool) {
     });
 }
 
+void Model::use_base3_layouts(ThreadPool& pool) {
+    std::vector<TernaryMatrix*> mats;
+    for (LayerWeights& L : layers)
+        for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mats.push_back(W);
+    pool.parallel_for(static_cast<int>(mats.size()), [&](int j, int) {
+        TernaryMatrix& W = *mats[j];
+        W.base3.resize(base3_packed_bytes(W.N, W.K));
+        base3_pack_from_tiles(W.data, W.N, W.K, 0, base3_groups(W.N), W.base3.data());
+        std::vector<uint8_t>().swap(W.owned);
+        W.data = nullptr;
+    });
+}
+
 void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale) {
     for (int n = n0; n < n1; ++n) {
         const float* row = w + static_cast<size_t>(n) * K;
@@ -286,20 +301,22 @@ void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const*
     size_t y_off[kMaxBitlinearMats] = {0};
     // A LUT kernel builds its activation tables once per call, so it gets one task per thread.
     const LutKernel* lut = c.plan ? c.plan->for_rows(M) : nullptr;
-    const int per_thread = lut ? 1 : 4;
+    const bool base3 = !lut && c.plan && c.plan->base3;
+    const int per_thread = lut ? 1 : 4, align = base3 ? kBase3Rows : kTernaryNAlign;
     for (int i = 0; i < n_mats; ++i) {
-        first_task[i + 1] = first_task[i] + RowSplit(mats[i]->N, c.pool->size(), per_thread).tasks;
+        first_task[i + 1] = first_task[i] + RowSplit(mats[i]->N, c.pool->size(), per_thread, align).tasks;
         if (i + 1 < n_mats) y_off[i + 1] = y_off[i] + static_cast<size_t>(M) * mats[i]->N;
     }
     c.pool->parallel_for(first_task[n_mats], [&](int task, int) {
         int i = 0;
         while (task >= first_task[i + 1]) ++i;
         const TernaryMatrix& W = *mats[i];
-        const RowSplit split(W.N, c.pool->size(), per_thread);
+        const RowSplit split(W.N, c.pool->size(), per_thread, align);
         const int t = task - first_task[i], n0 = split.begin(t), n1 = split.end(t);
         int32_t* yw = y32 + y_off[i];
         float* Y = outs[i];
         if (lut) lut->gemm(W.lut.data(), W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        else if (base3) c.k->base3_gemm(W.base3.data(), W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
         else c.k->ternary_gemm(W.data, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
         for (int m = 0; m < M; ++m) {
             const float mul = W.scale / a[m];

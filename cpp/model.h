@@ -18,9 +18,10 @@ namespace wfrt {
 struct TernaryMatrix {
     int N = 0, K = 0;
     float scale = 1.0f;
-    const uint8_t* data = nullptr;
+    const uint8_t* data = nullptr;  // layout v1 (ternary.h); null with base-3 packing
     std::vector<uint8_t> owned;
-    std::vector<uint8_t> lut;  // the LUT kernels' layout (lut.h), only when the plan uses them
+    std::vector<uint8_t> lut;    // the LUT kernels' layout (lut.h), only when the plan uses them
+    std::vector<uint8_t> base3;  // 5 codes per byte (base3.h), only with base-3 packing
 };
 
 struct LayerWeights {
@@ -60,6 +61,9 @@ struct Model {
 
     // Adds the LUT layout beside every ternary matrix's tiles (on `pool`).
     void add_lut_layouts(ThreadPool& pool);
+    // Repacks every ternary matrix to the base-3 layout and frees the tiles it owned (borrowed
+    // tiles stay the caller's, unread).
+    void use_base3_layouts(ThreadPool& pool);
 };
 
 // What the math helpers run on: the kernel table and the worker threads.
@@ -101,11 +105,11 @@ void rope_row(float* v, int n_heads, int head_dim, const float* cos_sin);
 void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float* out,
                   int8_t* xq, float* a, int32_t* y32);
 
-// Output rows [0, N) split into tasks for the pool, cut at kTernaryNAlign multiples, about
-// `per_thread` tasks per thread.
+// Output rows [0, N) split into tasks for the pool, cut at multiples of `align` rows (the
+// kernel's widest row block), about `per_thread` tasks per thread.
 struct RowSplit {
     int N, chunk, tasks;
-    RowSplit(int n, int threads, int per_thread = 4);
+    RowSplit(int n, int threads, int per_thread = 4, int align = kTernaryNAlign);
     int begin(int t) const { return t * chunk; }
     int end(int t) const { return (t + 1) * chunk < N ? (t + 1) * chunk : N; }
 };

@@ -52,9 +52,11 @@ def test_help_lists_every_command_with_examples():
     assert cli("nonsense").returncode == 2
 
 
-def test_generate_prompt_ids_json(gguf, expected):
+@pytest.mark.parametrize("packing", ["2bit", "base3"])
+def test_generate_prompt_ids_json(gguf, expected, packing):
     ids = ",".join(map(str, expected["prompt_ids"]))
-    r = cli("generate", gguf, "--prompt-ids", ids, "--max-tokens", 16, "--ignore-eos", "--json")
+    r = cli("generate", gguf, "--prompt-ids", ids, "--max-tokens", 16, "--ignore-eos", "--json",
+            "--ternary-packing", packing)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["prompt_token_ids"] == expected["prompt_ids"] and out["finished"]
@@ -152,9 +154,11 @@ def test_wrong_i2s_layout_is_caught_by_verify(tmp_path):
 
 
 def test_bench_json(gguf):
-    r = cli("bench", gguf, "--reps", 2, "--tg", 4, "--prompt-len", 8, "--pp", 16, "--rows", "8,40", "--json", "-q")
+    r = cli("bench", gguf, "--reps", 2, "--tg", 4, "--prompt-len", 8, "--pp", 16, "--rows", "8,40", "--json", "-q",
+            "--ternary-packing", "base3")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
+    assert res["ternary_plan"].startswith("1:base3")  # a 1-row step never pays for a LUT build
     assert set(res["median_per_s"]) == {"tg", "pp", "batched_8", "batched_40"}
     assert all(len(v) == 2 and min(v) > 0 for v in res["samples_per_s"].values())
     assert res["tg_tokens"] == 4 and res["pp_tokens"] == 16

@@ -397,17 +397,71 @@ def test_lut_gemm_matches_reference(name, kernel, N):
             np.testing.assert_array_equal(got, want, err_msg=f"{kernel} N={N} K={K} M={M}")
 
 
+# The base-3 layout (cpp/kernels/base3.h): 5 codes per byte, row groups of 5 tiles (80 rows).
+@pytest.mark.parametrize("N,K", [(1, 1), (3, 5), (79, 128), (80, 129), (81, 300), (170, 1000)])
+def test_base3_pack_round_trip(N, K):
+    codes = np.random.default_rng(N * 1000 + K).integers(-1, 2, (N, K)).astype(np.int8)
+    packed = _core.base3_pack(codes)
+    # 1.6 bits a code over whole 80-row groups and padded K.
+    assert packed.nbytes == _core.base3_packed_bytes(N, K) == -(-N // 80) * 80 * _core.ternary_padded_k(K) // 5
+    np.testing.assert_array_equal(_core.base3_unpack(packed, N, K), codes)
+    np.testing.assert_array_equal(_core.base3_pack_from_tiles(_core.ternary_pack(codes), N, K), packed)
+
+
+def test_base3_holds_every_pattern_of_five_codes():
+    # Row r of tile i is row 16 i + r: give column k of rows 0, 16, ..., 64 the digits of k.
+    patterns = np.array(np.meshgrid(*[[-1, 0, 1]] * 5, indexing="ij")).reshape(5, -1)
+    codes = np.zeros((80, patterns.shape[1]), np.int8)
+    codes[::16] = patterns
+    packed = _core.base3_pack(codes)
+    np.testing.assert_array_equal(_core.base3_unpack(packed, *codes.shape), codes)
+    X = np.random.default_rng(0).integers(-128, 128, (3, _core.ternary_padded_k(codes.shape[1]))).astype(np.int8)
+    for name in NAMES:
+        np.testing.assert_array_equal(_core.base3_gemm(name, packed, *codes.shape, X), ternary_reference(codes, X))
+
+
+def test_base3_refuses_bad_codes_and_sizes():
+    with pytest.raises(ValueError, match="row 1, column 2"):
+        _core.base3_pack(np.array([[0, 0, 0], [1, -1, 2]], np.int8))
+    with pytest.raises(ValueError, match="base-3 ternary weights hold 10 bytes"):
+        _core.base3_unpack(np.zeros(10, np.uint8), 16, 128)
+    with pytest.raises(ValueError, match="expected"):
+        _core.base3_gemm("generic", np.zeros(10, np.uint8), 16, 128, np.zeros((1, 128), np.int8))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("N", [1, 16, 79, 81, 170])
+def test_base3_gemm_matches_reference(name, N):
+    rng = np.random.default_rng(N + 3)
+    for K in [1, 5, 129, 300, 1000]:
+        codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
+        # The extremes the int16 block sums must hold: u = 2 and u = 0 rows against x = -128.
+        codes[0, :] = 1
+        codes[-1, :] = -1
+        packed = _core.base3_pack(codes)
+        for M in [1, 2, 3, 4, 5, 9]:
+            X = np.zeros((M, _core.ternary_padded_k(K) + 64), np.int8)
+            X[:, :K] = rng.integers(-128, 128, (M, K))
+            X[0, :K] = -128
+            got = _core.base3_gemm(name, packed, N, K, X)
+            np.testing.assert_array_equal(got, ternary_reference(codes, X), err_msg=f"N={N} K={K} M={M}")
+
+
 def packed_gemm(name, kernel, codes):
-    """gemm(X, **kw) on `codes` packed for the tiles (kernel None) or for a LUT kernel."""
+    """gemm(X, **kw) on `codes` packed for the tiles (kernel None), the base-3 layout ("base3")
+    or a LUT kernel."""
     N, K = codes.shape
     if kernel is None:
         tiles = _core.ternary_pack(codes)
         return lambda X, **kw: _core.ternary_gemm(name, tiles, N, K, X, **kw)
+    if kernel == "base3":
+        base3 = _core.base3_pack(codes)
+        return lambda X, **kw: _core.base3_gemm(name, base3, N, K, X, **kw)
     lut = _core.lut_pack(codes)
     return lambda X, **kw: _core.lut_gemm(name, kernel, lut, N, K, X, **kw)
 
 
-@pytest.mark.parametrize("name,kernel", [(n, None) for n in SIMD] + LUT)
+@pytest.mark.parametrize("name,kernel", [(n, None) for n in SIMD] + [(n, "base3") for n in NAMES] + LUT)
 def test_ternary_gemm_row_ranges(name, kernel):
     # Threads hand kernels [n0, n1) cuts anywhere; rows outside must stay untouched.
     rng = np.random.default_rng(7)

@@ -42,6 +42,33 @@ def test_forced_lut_kernel_gives_the_tiles_logits_exactly(kernel):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("isa,kernel", [(isa, kernel) for isa in sorted({"generic", DEFAULT})
+                                         for kernel in ["tiles", (_core.lut_kernel_names(isa) or ["lut-generic"])[0]]])
+def test_base3_packing_gives_the_tiles_logits_exactly(isa, kernel):
+    _, want = _logits(ternary_kernel="tiles", isa=isa)
+    eng, got = _logits(ternary_kernel=kernel, isa=isa, ternary_packing="base3")
+    # The dense kernel is named by its layout; a forced LUT kernel runs on its own layout.
+    assert eng.ternary_plan == " ".join(f"{1 << b}:{'base3' if kernel == 'tiles' else kernel}" for b in range(8))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_base3_packing_is_calibrated_under_its_own_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("WFRT_TERNARY", raising=False)
+    _, cfg, tensors = _model()
+    plan = make_engine(cfg, tensors, ternary_packing="base3").ternary_plan
+    assert {entry.split(":")[1] for entry in plan.split()} <= {"base3", *_core.lut_kernel_names(DEFAULT)}
+    assert make_engine(cfg, tensors).ternary_plan.count("base3") == 0
+    keys = [line.split("\t")[0] for line in (tmp_path / "wrinklefree_rt" / "ternary_plan.txt").read_text().splitlines()]
+    assert keys == ["base3", "v1"]
+
+
+def test_unknown_packing_is_refused():
+    _, cfg, tensors = _model()
+    with pytest.raises(ValueError, match="ternary_packing 'tq1' is unknown .*choose from: 2bit, base3"):
+        make_engine(cfg, tensors, ternary_packing="tq1")
+
+
 def test_unknown_kernel_is_refused_with_the_choices():
     _, cfg, tensors = _model()
     with pytest.raises(ValueError, match="'lut7' is unknown .*choose from: auto, tiles"):
@@ -91,3 +118,7 @@ def test_engine_option_and_stats_name_the_kernels(tmp_path):
         Engine.from_pretrained(tmp_path, ternary_kernel="lut7", max_num_seqs=1)
     with pytest.raises(InvalidRequestError, match="ternary_kernel"):
         Engine.from_pretrained(tmp_path, ternary_kernel=7, max_num_seqs=1)
+    with pytest.raises(InvalidRequestError, match="ternary_packing"):
+        Engine.from_pretrained(tmp_path, ternary_packing="1.58bit", max_num_seqs=1)
+    with Engine.from_pretrained(tmp_path, ternary_packing="base3", ternary_kernel="tiles", max_num_seqs=1) as engine:
+        assert engine.stats().ternary_plan == " ".join(f"{1 << b}:base3" for b in range(8))

@@ -54,6 +54,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         LmHeadPrecision lm_head
         string isa
         string ternary_kernel
+        string ternary_packing
 
     cdef cppclass StepInput:
         int n_rows

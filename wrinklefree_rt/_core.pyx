@@ -166,7 +166,7 @@ cdef class BitNetBatchEngine:
         self._eng = NULL
 
     def __init__(self, config, tensors, int num_threads=0, int max_slots=64, int kv_pages=0,
-                 int page_size=32, lm_head="int8", isa="", ternary_kernel=""):
+                 int page_size=32, lm_head="int8", isa="", ternary_kernel="", ternary_packing="2bit"):
         if self._eng != NULL:
             raise RuntimeError("BitNetBatchEngine is already initialised")
         cdef ModelSpec cfg = _model_spec(config)
@@ -185,6 +185,7 @@ cdef class BitNetBatchEngine:
             raise ValueError(f"lm_head must be 'int8', 'q4' or 'fp32', got {lm_head!r}")
         opt.isa = str(isa).encode()
         opt.ternary_kernel = str(ternary_kernel).encode()
+        opt.ternary_packing = str(ternary_packing).encode()
         cdef vector[NamedTensor] named
         cdef NamedTensor nt
         hold, keep = [], []
@@ -326,7 +327,8 @@ cdef class BitNetBatchEngine:
 
     @property
     def ternary_plan(self):
-        """The ternary GEMM per row count ("1:tiles ... 32:lut32-avx2 ..."; ternary_kernel option)."""
+        """The ternary GEMM per row count ("1:tiles ... 32:lut32-avx2 ..."; "base3" for the dense
+        kernel on base-3 weights; ternary_kernel and ternary_packing options)."""
         return self._live().ternary_plan().decode()
 
 

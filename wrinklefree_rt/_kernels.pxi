@@ -23,6 +23,7 @@ cdef extern from "kernels/ternary.h" namespace "wfrt" nogil:
         const char* name
         _KQuantizeFn quantize_row_i8
         _KTernaryFn ternary_gemm
+        _KTernaryFn base3_gemm
         _KI8Fn i8_gemm
         _KQ4Fn q4_gemm
         _KF32Fn f32_gemm
@@ -61,6 +62,14 @@ cdef extern from "kernels/lut.h" namespace "wfrt" nogil:
     void _k_lut_unpack "wfrt::lut_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
     _KLutSet _k_lut_kernels "wfrt::lut_kernels"(const _KTable& table)
     const _KLut* _k_lut_by_name "wfrt::lut_kernel_by_name"(const _KTable& table, const char* name)
+
+cdef extern from "kernels/base3.h" namespace "wfrt" nogil:
+    size_t _k_base3_bytes "wfrt::base3_packed_bytes"(int N, int K)
+    void _k_base3_pack "wfrt::base3_pack"(const _k_i8* q, int N, int K, _k_u8* out) except +
+    void _k_base3_from_tiles "wfrt::base3_pack_from_tiles"(const _k_u8* tiles, int N, int K, int G0, int G1,
+                                                           _k_u8* out)
+    void _k_base3_unpack "wfrt::base3_unpack"(const _k_u8* packed, int N, int K, _k_i8* q)
+    int _k_base3_groups "wfrt::base3_groups"(int N)
 
 
 def kernel_names():
@@ -198,15 +207,32 @@ def lut_kernel_names(name):
     return [s.kernels[i].name.decode() for i in range(s.count)]
 
 
-def lut_pack(codes):
-    """Packs an (N, K) int8 array of codes in {-1, 0, 1} into the LUT kernels' layout (1-D uint8)."""
+ctypedef size_t (*_KBytesFn)(int, int) noexcept nogil
+ctypedef void (*_KPackFn)(const _k_i8*, int, int, _k_u8*) except + nogil
+
+
+cdef object _k_pack_as(codes, _KBytesFn nbytes, _KPackFn pack):
+    """An (N, K) int8 array of codes in {-1, 0, 1} packed by `pack` (1-D uint8 of nbytes(N, K))."""
     cdef const _k_i8[:, ::1] q = _k_np.ascontiguousarray(codes, dtype=_k_np.int8)
     cdef int N = q.shape[0], K = q.shape[1]
     _k_check_dims(N=N, K=K)
-    out = _k_np.empty(_k_lut_bytes(N, K), dtype=_k_np.uint8)
+    out = _k_np.empty(nbytes(N, K), dtype=_k_np.uint8)
     cdef _k_u8[::1] o = out
-    _k_lut_pack(&q[0, 0], N, K, &o[0])
+    pack(&q[0, 0], N, K, &o[0])
     return out
+
+
+cdef const _k_u8[::1] _k_packed_as(packed, int N, int K, _KBytesFn nbytes, what) except *:
+    _k_check_dims(N=N, K=K)
+    cdef const _k_u8[::1] w = _k_np.ascontiguousarray(packed, dtype=_k_np.uint8).reshape(-1)
+    if <size_t>w.shape[0] != nbytes(N, K):
+        raise ValueError(f"{what} ternary weights hold {w.shape[0]} bytes, expected {nbytes(N, K)} for N={N}, K={K}")
+    return w
+
+
+def lut_pack(codes):
+    """Packs an (N, K) int8 array of codes in {-1, 0, 1} into the LUT kernels' layout (1-D uint8)."""
+    return _k_pack_as(codes, _k_lut_bytes, _k_lut_pack)
 
 
 def lut_pack_from_tiles(packed, int N, int K):
@@ -219,12 +245,7 @@ def lut_pack_from_tiles(packed, int N, int K):
 
 
 cdef const _k_u8[::1] _k_lut_packed(packed, int N, int K) except *:
-    _k_check_dims(N=N, K=K)
-    cdef const _k_u8[::1] w = _k_np.ascontiguousarray(packed, dtype=_k_np.uint8).reshape(-1)
-    if <size_t>w.shape[0] != _k_lut_bytes(N, K):
-        raise ValueError(f"LUT-packed ternary weights hold {w.shape[0]} bytes, expected "
-                         f"{_k_lut_bytes(N, K)} for N={N}, K={K}")
-    return w
+    return _k_packed_as(packed, N, K, _k_lut_bytes, "LUT-packed")
 
 
 def lut_unpack(packed, int N, int K):
@@ -245,6 +266,41 @@ def lut_gemm(name, kernel, packed, int N, int K, X, out=None, n0=None, n1=None):
         raise ValueError(f"LUT kernel {kernel!r} is unknown for table {name!r} "
                          f"(known: {', '.join(lut_kernel_names(name) + ['lut-generic'])})")
     return _k_ternary_call(k.gemm, _k_lut_packed(packed, N, K), N, K, X, out, n0, n1)
+
+
+def base3_packed_bytes(int N, int K):
+    """Bytes base3_pack writes for an (N, K) matrix: 1.6 bits a code over whole 80-row groups."""
+    _k_check_dims(N=N, K=K)
+    return _k_base3_bytes(N, K)
+
+
+def base3_pack(codes):
+    """Packs an (N, K) int8 array of codes in {-1, 0, 1} into the base-3 layout (5 codes a byte)."""
+    return _k_pack_as(codes, _k_base3_bytes, _k_base3_pack)
+
+
+def base3_pack_from_tiles(packed, int N, int K):
+    """The base-3 layout of a matrix packed by ternary_pack (what the engine builds at load)."""
+    cdef const _k_u8[::1] w = _k_packed(packed, N, K)
+    out = _k_np.empty(_k_base3_bytes(N, K), dtype=_k_np.uint8)
+    cdef _k_u8[::1] o = out
+    _k_base3_from_tiles(&w[0], N, K, 0, _k_base3_groups(N), &o[0])
+    return out
+
+
+def base3_unpack(packed, int N, int K):
+    """Inverse of base3_pack: the (N, K) int8 codes."""
+    cdef const _k_u8[::1] w = _k_packed_as(packed, N, K, _k_base3_bytes, "base-3")
+    out = _k_np.empty((N, K), dtype=_k_np.int8)
+    cdef _k_i8[:, ::1] o = out
+    _k_base3_unpack(&w[0], N, K, &o[0, 0])
+    return out
+
+
+def base3_gemm(name, packed, int N, int K, X, out=None, n0=None, n1=None):
+    """ternary_gemm's result from table `name`'s base3_gemm on weights packed by base3_pack."""
+    cdef const _KTable* t = _k_table(name)
+    return _k_ternary_call(t.base3_gemm, _k_packed_as(packed, N, K, _k_base3_bytes, "base-3"), N, K, X, out, n0, n1)
 
 
 def i8_gemm(name, W, X, out=None, n0=None, n1=None):

@@ -57,6 +57,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--threads", type=int, default=0, help="worker threads (0: one per core)")
     p.add_argument("--lm-head", choices=["int8", "q4", "fp32"], default="int8")
+    p.add_argument("--ternary-packing", choices=["2bit", "base3"], default="2bit",
+                   help="base3: 5 ternary codes per byte (1.6 bits a weight, same logits)")
     p.add_argument("--i2s-layout", choices=["x86", "arm"], default="x86",
                    help="block layout of a bitnet.cpp I2_S GGUF: the build that wrote it (default x86)")
     p.add_argument("--chat-template", choices=["auto", "bitnet", "llama3"], default="auto",
@@ -88,7 +90,8 @@ def _load_bar(pairs, total: int):
 def _engine(args, **config: Any):
     from .engine import Engine
     return Engine.from_pretrained(args.model, progress=_load_bar, num_threads=args.threads, lm_head=args.lm_head,
-                                  i2s_layout=args.i2s_layout, chat_template=args.chat_template, **config)
+                                  ternary_packing=args.ternary_packing, i2s_layout=args.i2s_layout,
+                                  chat_template=args.chat_template, **config)
 
 
 def _request_params(args):
@@ -368,7 +371,7 @@ def bench(argv: list[str]) -> int:
     page = 32
     pages = -(-max(tg_prompt + args.tg, pp) // page) + seqs * -(-BLOCK // page)
     core = BitNetBatchEngine(cfg, tensors, num_threads=args.threads, max_slots=seqs + 1, kv_pages=pages,
-                             page_size=page, lm_head=args.lm_head)
+                             page_size=page, lm_head=args.lm_head, ternary_packing=args.ternary_packing)
     del tensors
     sb = StepBench(core, time.perf_counter() - t0, cfg.vocab_size)
     samples: dict[str, list[float]] = {"tg": [], "pp": [], **{f"batched_{r}": [] for r in rows}}

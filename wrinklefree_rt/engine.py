@@ -89,7 +89,7 @@ class Engine:
         core = BitNetBatchEngine(model_config, tensors, num_threads=cfg.num_threads,
                                  max_slots=cfg.max_num_seqs, kv_pages=pages,
                                  page_size=cfg.page_size, lm_head=cfg.lm_head, isa=cfg.isa,
-                                 ternary_kernel=cfg.ternary_kernel)
+                                 ternary_kernel=cfg.ternary_kernel, ternary_packing=cfg.ternary_packing)
         del tensors  # the core holds what it still uses; the staging copies can go
         release_free_heap()
         tokenizer = load_tokenizer(path, cfg.chat_template)

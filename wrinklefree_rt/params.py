@@ -102,7 +102,10 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``diffusion``: defaults for DLM requests that leave a field unset. ``isa``: force a kernel
     table (``"avx2"``, ``"generic"``...; empty: the best this CPU runs). ``ternary_kernel``:
     force the ternary GEMM (``"tiles"`` or a LUT kernel's name; empty or ``"auto"``: chosen per
-    row count by a calibration at load, cached per CPU). ``stats()`` reports both choices.
+    row count by a calibration at load, cached per CPU). ``ternary_packing``: ``"2bit"`` (4 codes
+    per byte) or ``"base3"`` (5 per byte, 1.6 bits a weight: a fifth fewer bytes per token, the
+    same logits, more decoding work; for CPUs whose decode is bound by memory bandwidth).
+    ``stats()`` reports these choices.
     ``step_costs``: seconds per step by rows per step ({1: 0.03, 32: 0.16}), the prices that
     ``sub_block_size="auto"`` decides with; unset, they are measured from the engine's own steps
     (``stats().step_costs``). A fixed table makes the choices repeatable, or plans for a machine
@@ -117,6 +120,7 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lm_head: Literal["int8", "q4", "fp32"] = "int8"
     isa: str = ""
     ternary_kernel: str = ""
+    ternary_packing: Literal["2bit", "base3"] = "2bit"
     chat_template: Literal["auto", "bitnet", "llama3"] = "auto"
     i2s_layout: Literal["x86", "arm"] = "x86"
     diffusion: DiffusionParams = msgspec.field(default_factory=DiffusionParams)

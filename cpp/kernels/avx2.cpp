@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base3.h"
 #include "isa_tables.h"
 #if WFRT_X86_KERNELS
 
@@ -16,6 +17,8 @@ namespace wfrt {
 namespace {
 
 #include "ternary_tiles.h"
+
+#include "base3_tiles.h"
 
 #include "row_tiles.h"
 #include "ymm.h"
@@ -38,6 +41,12 @@ struct Avx2Dot : Ymm {
 void ternary_gemm_avx2(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0,
                        int n1) {
     ternary_gemm_tiled<Avx2Dot, 1, 5>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+
+// 2 activation rows x 5 tiles x one ymm per pass (one row: both ymm of a tile in one pass).
+void base3_gemm_avx2(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0,
+                     int n1) {
+    base3_gemm_tiled<Avx2Dot, 2>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 // Signed x signed int8: |w| (u8, exact even for -128) times x with w's sign (exact for x > -128);
@@ -293,7 +302,7 @@ void f32_gemm(const float* W, int N, int K, const float* X, int ldx, int M, floa
 }  // namespace avx2
 
 const KernelTable kAvx2Kernels = {
-    "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, i8_gemm_avx2, q4_gemm_avx2, f32_gemm_avx2,
+    "avx2", quantize_row_i8_avx2, ternary_gemm_avx2, base3_gemm_avx2, i8_gemm_avx2, q4_gemm_avx2, f32_gemm_avx2,
     attn_scores_avx2, attn_accumulate_avx2_impl, exp_sum_avx2, relu2_mul_avx2,
     softmax_avx2, sum_squares_avx2,
 };

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base3.h"
 #include "isa_tables.h"
 #if WFRT_X86_KERNELS
 
@@ -22,6 +23,8 @@ namespace {
 #include "row_tiles.h"
 #include "ternary_tiles.h"
 
+#include "base3_tiles.h"
+
 struct Zmm {
     using V = __m512i;
     static constexpr int kVecsPerTile = 1;
@@ -36,6 +39,14 @@ struct Zmm {
         return _mm512_set1_epi32(v);
     }
     static V zero() { return _mm512_setzero_si512(); }
+    // Base-3 plane (base3.h): u = (y > -43) + (y > 42) as signed bytes, then y *= 3 (mod 256).
+    static V digit(V& y) {
+        const V one = _mm512_set1_epi8(1);
+        const V u = _mm512_maskz_mov_epi8(_mm512_cmpgt_epi8_mask(y, _mm512_set1_epi8(-43)), one);
+        const V c = _mm512_mask_add_epi8(u, _mm512_cmpgt_epi8_mask(y, _mm512_set1_epi8(42)), u, one);
+        y = _mm512_add_epi8(_mm512_add_epi8(y, y), y);
+        return c;
+    }
     static V dot(V acc, V w, V x) { return _mm512_dpbusd_epi32(acc, w, x); }
     static V widen(V acc) { return acc; }
     static V add32(V a, V b) { return _mm512_add_epi32(a, b); }
@@ -47,6 +58,12 @@ struct Zmm {
 void ternary_gemm_avx512vnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
                              int n0, int n1) {
     ternary_gemm_tiled<Zmm, 4, 6>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+
+// 4 activation rows x 5 tiles: 20 accumulators.
+void base3_gemm_avx512vnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy,
+                           int n0, int n1) {
+    base3_gemm_tiled<Zmm, 4>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
 // Signed x signed int8 with the unsigned operand w + 128 (w ^ 0x80): sum w * x is
@@ -229,7 +246,7 @@ double sum_squares_avx512(const float* x, int n) {
 }  // namespace
 
 const KernelTable kAvx512VnniKernels = {
-    "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, i8_gemm_avx512vnni, avx2::q4_gemm,
+    "avx512vnni", avx2::quantize_row_i8, ternary_gemm_avx512vnni, base3_gemm_avx512vnni, i8_gemm_avx512vnni, avx2::q4_gemm,
     f32_gemm_avx512vnni,
     attn_scores_avx512, attn_accumulate_avx512, exp_sum_avx512, relu2_mul_avx512,
     softmax_avx512, sum_squares_avx512,

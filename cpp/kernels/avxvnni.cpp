@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base3.h"
 #include "isa_tables.h"
 #if WFRT_X86_KERNELS
 
@@ -15,6 +16,8 @@ namespace wfrt {
 namespace {
 
 #include "ternary_tiles.h"
+
+#include "base3_tiles.h"
 #include "ymm.h"
 
 #include "q4_tiles.h"
@@ -30,6 +33,12 @@ void ternary_gemm_avxvnni(const uint8_t* W, int N, int K, const int8_t* X, int l
     ternary_gemm_tiled<AvxVnniDot, 1, 5>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
 }
 
+// 2 activation rows x 5 tiles x one ymm per pass (one row: both ymm of a tile in one pass).
+void base3_gemm_avxvnni(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0,
+                     int n1) {
+    base3_gemm_tiled<AvxVnniDot, 2>(W, N, K, X, ldx, M, Y, ldy, n0, n1);
+}
+
 // vpdpbusd: u4 codes x s8 activations straight into int32 lanes.
 void q4_gemm_avxvnni(const uint8_t* codes, const float* scales, int N, int K, const int8_t* X, int ldx, int M, float* Y,
                      int ldy, int n0, int n1) {
@@ -39,7 +48,7 @@ void q4_gemm_avxvnni(const uint8_t* codes, const float* scales, int N, int K, co
 }  // namespace
 
 const KernelTable kAvxVnniKernels = {
-    "avxvnni", avx2::quantize_row_i8, ternary_gemm_avxvnni, avx2::i8_gemm, q4_gemm_avxvnni, avx2::f32_gemm,
+    "avxvnni", avx2::quantize_row_i8, ternary_gemm_avxvnni, base3_gemm_avxvnni, avx2::i8_gemm, q4_gemm_avxvnni, avx2::f32_gemm,
     avx2::attn_scores, avx2::attn_accumulate, avx2::exp_sum, avx2::relu2_mul,
     avx2::softmax, avx2::sum_squares,
 };

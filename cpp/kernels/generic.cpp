@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "base3.h"
 #include "isa_tables.h"
 
 namespace wfrt {
@@ -55,6 +56,19 @@ void ternary_gemm_generic(const uint8_t* W, int N, int K, const int8_t* X, int l
         for (int n = n0; n < n1; ++n) {
             int32_t acc = 0;
             for (int k = 0; k < K; ++k) acc += code_at(W, n, k, Kp) * X[(size_t)m * ldx + k];
+            Y[(size_t)m * ldy + n] = acc;
+        }
+}
+
+void base3_gemm_generic(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
+                        int32_t* Y, int ldy, int n0, int n1) {
+    (void)N;
+    const int Kp = ternary_padded_k(K);
+    for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) {
+            int32_t acc = 0;
+            for (int k = 0; k < K; ++k)
+                acc += base3_digit(W[base3_byte(n, k, Kp)], base3_tile(n)) * X[(size_t)m * ldx + k];
             Y[(size_t)m * ldy + n] = acc;
         }
 }
@@ -253,7 +267,7 @@ void q4_unpack(const uint8_t* codes, const float* scales, int N, int K, int8_t* 
 }
 
 const KernelTable kGenericKernels = {
-    "generic", quantize_row_i8_generic, ternary_gemm_generic, i8_gemm_generic, q4_gemm_generic, f32_gemm_generic,
+    "generic", quantize_row_i8_generic, ternary_gemm_generic, base3_gemm_generic, i8_gemm_generic, q4_gemm_generic, f32_gemm_generic,
     attn_scores_generic, attn_accumulate_generic, exp_sum_generic, relu2_mul_generic,
     softmax_generic, sum_squares_generic,
 };

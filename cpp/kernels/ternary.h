@@ -69,6 +69,9 @@ struct KernelTable {
     // W packed by ternary_pack for (N, K); X has ldx >= ternary_padded_k(K) int8 values per row.
     void (*ternary_gemm)(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                          int32_t* Y, int ldy, int n0, int n1);
+    // The same on the base-3 layout (base3.h, 1.6 bits per weight), W packed by base3_pack.
+    void (*base3_gemm)(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
+                       int32_t* Y, int ldy, int n0, int n1);
     // int8 rows (LM head): Y[m*ldy + n] = sum_k W[n*K + k] * X[m*ldx + k] (both signed int8).
     // X must lie in [-127, 127] (quantize_row_i8 guarantees it): SIMD variants move W's sign onto X.
     void (*i8_gemm)(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M,

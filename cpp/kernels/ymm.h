@@ -15,6 +15,13 @@ struct Ymm {
         return _mm256_set1_epi32(v);
     }
     static V zero() { return _mm256_setzero_si256(); }
+    // Base-3 plane (base3.h): u = (y > -43) + (y > 42) as signed bytes, then y *= 3 (mod 256).
+    static V digit(V& y) {
+        const V u = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), _mm256_cmpgt_epi8(y, _mm256_set1_epi8(-43))),
+                                    _mm256_cmpgt_epi8(y, _mm256_set1_epi8(42)));
+        y = _mm256_add_epi8(_mm256_add_epi8(y, y), y);
+        return u;
+    }
     static V add16(V a, V b) { return _mm256_add_epi16(a, b); }
     static V add32(V a, V b) { return _mm256_add_epi32(a, b); }
     static V load32(const int32_t* y) { return _mm256_loadu_si256((const __m256i*)y); }

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=256, help="rows per forward")
     p.add_argument("--kv-cache-tokens", type=int, default=0, help="KV pool size in positions (0: enough for all slots)")
     p.add_argument("--threads", type=int, default=0, help="compute threads (0: all cores)")
-    p.add_argument("--lm-head", choices=["int8", "fp32"], default="int8")
+    p.add_argument("--lm-head", choices=["int8", "q4", "fp32"], default="int8")
+    p.add_argument("--ternary-packing", choices=["2bit", "base3"], default="2bit",
+                   help="base3: 5 ternary codes per byte (1.6 bits a weight, same logits)")
     p.add_argument("--server", choices=["uvicorn", "hypercorn-trio"], default="uvicorn",
                    help="uvicorn (asyncio) or hypercorn with its trio worker")
     p.add_argument("--ray", action="store_true",
@@ -65,7 +67,8 @@ def main(argv: list[str]) -> int:
     from .. import Engine, WrinklefreeError
     from .app import create_app
 
-    engine_config = {"num_threads": args.threads, "lm_head": args.lm_head, "max_num_seqs": args.max_num_seqs,
+    engine_config = {"num_threads": args.threads, "lm_head": args.lm_head, "ternary_packing": args.ternary_packing,
+                     "max_num_seqs": args.max_num_seqs,
                      "kv_cache_tokens": args.kv_cache_tokens, "max_num_batched_tokens": args.max_num_batched_tokens}
     app_options = {"model_name": args.served_model_name or Path(args.model).resolve().name, "api_key": args.api_key,
                    "max_waiting": args.max_waiting, "max_body_bytes": args.max_body_bytes, "diffusion": args.dlm}
