@@ -68,15 +68,49 @@ struct PackJob {
     TernaryMatrix* dst;
 };
 
+// The int8 head's rows in `head.arena`, from the float head or copied from given int8 rows.
 void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& head) {
-    head.owned_i8.resize(static_cast<size_t>(V) * H);
+    head.arena = WeightArena(static_cast<size_t>(V) * H);
+    int8_t* q = reinterpret_cast<int8_t*>(head.arena.take(static_cast<size_t>(V) * H));
     head.owned_scale.resize(V);
     RowSplit split(V, pool.size());
     pool.parallel_for(split.tasks, [&](int t, int) {
-        quantize_rows_i8_per_row(w, H, split.begin(t), split.end(t), head.owned_i8.data(), head.owned_scale.data());
+        quantize_rows_i8_per_row(w, H, split.begin(t), split.end(t), q, head.owned_scale.data());
     });
-    head.i8 = head.owned_i8.data();
+    head.i8 = q;
     head.row_scale = head.owned_scale.data();
+}
+
+void copy_head_i8(const int8_t* rows, const float* scales, int V, int H, ThreadPool& pool, LmHead& head) {
+    head.arena = WeightArena(static_cast<size_t>(V) * H);
+    int8_t* q = reinterpret_cast<int8_t*>(head.arena.take(static_cast<size_t>(V) * H));
+    RowSplit split(V, pool.size());
+    pool.parallel_for(split.tasks, [&](int t, int) {
+        const size_t a = static_cast<size_t>(split.begin(t)) * H, b = static_cast<size_t>(split.end(t)) * H;
+        std::memcpy(q + a, rows + a, b - a);
+    });
+    head.owned_scale.assign(scales, scales + V);
+    head.i8 = q;
+    head.row_scale = head.owned_scale.data();
+}
+
+// Gives every ternary matrix a layout in one new arena: bytes(W) each, written by
+// fill(W, out) (on the pool, a matrix per task); returns the arena.
+template <class Bytes, class Fill>
+WeightArena build_layout(std::vector<LayerWeights>& layers, ThreadPool& pool, const uint8_t* TernaryMatrix::*field,
+                         Bytes bytes, Fill fill) {
+    std::vector<TernaryMatrix*> mats;
+    for (LayerWeights& L : layers)
+        for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mats.push_back(W);
+    size_t total = 0;
+    for (TernaryMatrix* W : mats) total += WeightArena::piece(bytes(*W));
+    WeightArena arena(total);
+    for (TernaryMatrix* W : mats) W->*field = arena.take(bytes(*W));
+    pool.parallel_for(static_cast<int>(mats.size()), [&](int j, int) {
+        TernaryMatrix& W = *mats[j];
+        fill(W, const_cast<uint8_t*>(W.*field));
+    });
+    return arena;
 }
 
 // Runs fn(task) for every task on the pool. Exceptions must not leave a worker thread, so each
@@ -162,7 +196,7 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
                     throw BadTensor(name, "packed ternary of shape " + shape_str(t.shape) + " is not the " +
                                               std::to_string(ternary_packed_bytes(mat.N, mat.K)) + " bytes that (" +
                                               std::to_string(mat.N) + ", " + std::to_string(mat.K) + ") packs to");
-                mat.dst->data = static_cast<const uint8_t*>(t.data);
+                jobs.push_back({name, &t, mat.dst});
             } else {
                 throw BadTensor(name, std::string("expected int8 ternary codes or uint8 packed ternary, got ") +
                                           dtype_name(t.dtype));
@@ -206,20 +240,25 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
         quantize_head_q4(static_cast<const float*>(head_f32->data), V, H,
                          cfg.tie_word_embeddings ? "embed_tokens" : "lm_head", pool, head);
     } else if (head_i8) {
-        head.i8 = static_cast<const int8_t*>(head_i8->data);
-        head.row_scale = static_cast<const float*>(head_i8_scales->data);
+        copy_head_i8(static_cast<const int8_t*>(head_i8->data), static_cast<const float*>(head_i8_scales->data), V, H,
+                     pool, head);
     } else {
         quantize_head_i8(static_cast<const float*>(head_f32->data), V, H, pool, head);
     }
 
-    // Pack int8 codes, one matrix per task.
+    // The tiles: int8 codes packed, packed bytes copied, one matrix per task.
+    size_t tile_bytes = 0;
+    for (const PackJob& job : jobs) tile_bytes += WeightArena::piece(ternary_packed_bytes(job.dst->N, job.dst->K));
+    tiles_arena = WeightArena(tile_bytes);
+    for (const PackJob& job : jobs) job.dst->tiles = tiles_arena.take(ternary_packed_bytes(job.dst->N, job.dst->K));
     parallel_for_tensors(
         pool, static_cast<int>(jobs.size()),
         [&](int j) {
             TernaryMatrix& dst = *jobs[j].dst;
-            dst.owned.resize(ternary_packed_bytes(dst.N, dst.K));
-            ternary_pack(static_cast<const int8_t*>(jobs[j].view->data), dst.N, dst.K, dst.owned.data());
-            dst.data = dst.owned.data();
+            const TensorView& src = *jobs[j].view;
+            uint8_t* out = const_cast<uint8_t*>(dst.tiles);
+            if (src.dtype == TensorDType::TernaryCodes) ternary_pack(static_cast<const int8_t*>(src.data), dst.N, dst.K, out);
+            else std::memcpy(out, src.data, ternary_packed_bytes(dst.N, dst.K));
         },
         [&](int j) { return jobs[j].name; });
 
@@ -233,27 +272,20 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
 }
 
 void Model::add_lut_layouts(ThreadPool& pool) {
-    std::vector<TernaryMatrix*> mats;
-    for (LayerWeights& L : layers)
-        for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mats.push_back(W);
-    pool.parallel_for(static_cast<int>(mats.size()), [&](int j, int) {
-        TernaryMatrix& W = *mats[j];
-        W.lut.resize(lut_packed_bytes(W.N, W.K));
-        lut_pack_from_tiles(W.data, W.N, W.K, W.lut.data());
-    });
+    lut_arena = build_layout(
+        layers, pool, &TernaryMatrix::lut, [](const TernaryMatrix& W) { return lut_packed_bytes(W.N, W.K); },
+        [](const TernaryMatrix& W, uint8_t* out) { lut_pack_from_tiles(W.tiles, W.N, W.K, out); });
 }
 
 void Model::use_base3_layouts(ThreadPool& pool) {
-    std::vector<TernaryMatrix*> mats;
+    base3_arena = build_layout(
+        layers, pool, &TernaryMatrix::base3, [](const TernaryMatrix& W) { return base3_packed_bytes(W.N, W.K); },
+        [](const TernaryMatrix& W, uint8_t* out) {
+            base3_pack_from_tiles(W.tiles, W.N, W.K, 0, base3_groups(W.N), out);
+        });
     for (LayerWeights& L : layers)
-        for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mats.push_back(W);
-    pool.parallel_for(static_cast<int>(mats.size()), [&](int j, int) {
-        TernaryMatrix& W = *mats[j];
-        W.base3.resize(base3_packed_bytes(W.N, W.K));
-        base3_pack_from_tiles(W.data, W.N, W.K, 0, base3_groups(W.N), W.base3.data());
-        std::vector<uint8_t>().swap(W.owned);
-        W.data = nullptr;
-    });
+        for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) W->tiles = nullptr;
+    tiles_arena = WeightArena();
 }
 
 void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale) {
@@ -315,9 +347,9 @@ void bitlinear(const Compute& c, const TernaryMatrix* const* mats, float* const*
         const int t = task - first_task[i], n0 = split.begin(t), n1 = split.end(t);
         int32_t* yw = y32 + y_off[i];
         float* Y = outs[i];
-        if (lut) lut->gemm(W.lut.data(), W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
-        else if (base3) c.k->base3_gemm(W.base3.data(), W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
-        else c.k->ternary_gemm(W.data, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        if (lut) lut->gemm(W.lut, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        else if (base3) c.k->base3_gemm(W.base3, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
+        else c.k->ternary_gemm(W.tiles, W.N, W.K, xq, ternary_padded_k(W.K), M, yw, W.N, n0, n1);
         for (int m = 0; m < M; ++m) {
             const float mul = W.scale / a[m];
             const int32_t s = xsum[m];

@@ -10,18 +10,17 @@
 #include "kernels/ternary_plan.h"
 #include "tensor.h"
 #include "thread_pool.h"
+#include "weight_arena.h"
 
 namespace wfrt {
 
-// Ternary (N x K) weight in the kernels' packed layout, owned (packed at load from int8 codes)
-// or borrowed (already packed by the caller, who keeps it alive).
+// Ternary (N x K) weight in the kernels' packed layouts, each in its Model arena.
 struct TernaryMatrix {
     int N = 0, K = 0;
     float scale = 1.0f;
-    const uint8_t* data = nullptr;  // layout v1 (ternary.h); null with base-3 packing
-    std::vector<uint8_t> owned;
-    std::vector<uint8_t> lut;    // the LUT kernels' layout (lut.h), only when the plan uses them
-    std::vector<uint8_t> base3;  // 5 codes per byte (base3.h), only with base-3 packing
+    const uint8_t* tiles = nullptr;  // layout v1 (ternary.h); null with base-3 packing
+    const uint8_t* lut = nullptr;    // the LUT kernels' layout (lut.h), only when the plan uses them
+    const uint8_t* base3 = nullptr;  // 5 codes per byte (base3.h), only with base-3 packing
 };
 
 struct LayerWeights {
@@ -30,7 +29,7 @@ struct LayerWeights {
 };
 
 // The LM head, (V x H). F32: rows of floats. I8: int8 rows and one float scale per row
-// (w ~ q * row_scale), quantized at load from the float head or taken from `lm_head_i8`.
+// (w ~ q * row_scale), quantized at load from the float head or copied from `lm_head_i8`.
 // Q4: 4-bit codes with one float scale per 32 inputs (kernels' q4 layout, ternary.h), quantized
 // at load from the float head.
 struct LmHead {
@@ -38,21 +37,24 @@ struct LmHead {
     const float* f32 = nullptr;
     const int8_t* i8 = nullptr;
     const float* row_scale = nullptr;
-    std::vector<int8_t> owned_i8;
+    WeightArena arena;  // the int8 rows
     std::vector<float> owned_scale;
     std::vector<uint8_t> q4_codes;
     std::vector<float> q4_scales;
 };
 
 struct Model {
-    // Borrowed tensors (zero-copy, the caller keeps them alive): f32 embed_tokens and lm_head,
-    // pre-packed ternary weights (TernaryPacked), lm_head_i8 and lm_head_i8.scales. Everything else
-    // is copied. Throws BadTensor for a missing, misshaped or mistyped tensor. The config is
-    // trusted (config.h).
+    // Borrowed tensors (zero-copy, the caller keeps them alive): f32 embed_tokens and lm_head.
+    // Everything else is copied: the bytes each step streams (ternary weights, int8 head) into
+    // huge-page arenas, which decode read 10-18 % faster than the same bytes in a file mapping's
+    // page cache (docs/benchmarks.md). Throws BadTensor for a missing, misshaped or mistyped
+    // tensor. The config is trusted (config.h).
     // Packing and head quantization run on `pool`.
     Model(const ModelSpec& cfg, LmHeadPrecision head, const std::vector<NamedTensor>& tensors, ThreadPool& pool);
 
     ModelSpec cfg;
+    // The ternary weights every step streams, in huge-page arenas (weight_arena.h): one per layout.
+    WeightArena tiles_arena, lut_arena, base3_arena;
     const float* embed = nullptr;   // (V, H)
     std::vector<float> final_norm;  // (H)
     std::vector<LayerWeights> layers;
@@ -61,8 +63,7 @@ struct Model {
 
     // Adds the LUT layout beside every ternary matrix's tiles (on `pool`).
     void add_lut_layouts(ThreadPool& pool);
-    // Repacks every ternary matrix to the base-3 layout and frees the tiles it owned (borrowed
-    // tiles stay the caller's, unread).
+    // Repacks every ternary matrix to the base-3 layout and frees the tiles.
     void use_base3_layouts(ThreadPool& pool);
 };
 

@@ -14,9 +14,10 @@ enum class TensorDType : int {
     I8 = 3,             // int8 (the LM head's rows, lm_head_i8)
 };
 
-// A borrowed tensor. Used in place (the caller keeps it alive as long as the engine: the Cython
-// layer holds the numpy arrays): f32 embed_tokens and lm_head, TernaryPacked weights,
-// lm_head_i8 (I8, (V,H)) with lm_head_i8.scales (f32 (V,)). Everything else is copied or packed.
+// A tensor handed to the engine. f32 embed_tokens and lm_head are used in place (the caller keeps
+// them alive as long as the engine: the Cython layer holds the numpy arrays); everything else
+// (TernaryPacked weights, lm_head_i8 (I8, (V,H)) with lm_head_i8.scales (f32 (V,)), ...) is
+// copied or packed at load.
 struct TensorView {
     const void* data = nullptr;
     TensorDType dtype = TensorDType::F32;

@@ -11,6 +11,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
+import mmap
 from enum import IntEnum
 
 import numpy as np
@@ -62,8 +63,25 @@ cdef ModelSpec _model_spec(config) except *:
     return c
 
 
-# Tensors the engine uses in place (cpp/engine.h, TensorView); the rest it copies or packs.
-_BORROWED_F32 = frozenset({"embed_tokens", "lm_head", "lm_head_i8.scales"})
+# Tensors the engine uses in place (cpp/tensor.h, TensorView); the rest it copies or packs.
+_BORROWED_F32 = frozenset({"embed_tokens", "lm_head"})
+
+
+def _release_file_pages(arr):
+    """Drops from this process the pages of a read-only file mapping that lie wholly under `arr`
+    (a numpy.memmap view the engine has copied): the page cache keeps them, so a later read of
+    `arr` faults them back unchanged, but they no longer count in this process's memory twice."""
+    root = arr
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    mm = root.base
+    if not isinstance(mm, mmap.mmap) or root.flags.writeable:
+        return
+    start = arr.ctypes.data - np.frombuffer(mm, np.uint8).ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        mm.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 cdef _tensor_view(name, value, TensorView* view, list hold, list keep):
@@ -97,7 +115,7 @@ cdef _tensor_view(name, value, TensorView* view, list hold, list keep):
     arr = np.require(arr, requirements=["C", "A"])
     hold.append(arr)
     view.dtype = <CppTensorDType><int>dtype
-    if dtype in (TensorDType.TERNARY_PACKED, TensorDType.I8) or (dtype == TensorDType.F32 and name in _BORROWED_F32):
+    if dtype == TensorDType.F32 and name in _BORROWED_F32:
         keep.append(arr)
     view.data = <const void*><size_t>arr.ctypes.data
     view.shape.clear()
@@ -195,6 +213,10 @@ cdef class BitNetBatchEngine:
             named.push_back(nt)
         with nogil:
             self._eng = new CppEngine(cfg, opt, named)
+        kept = {id(arr) for arr in keep}
+        for arr in hold:
+            if id(arr) not in kept:
+                _release_file_pages(arr)
         del hold
         self._keep = keep
         self.config = config

@@ -1,0 +1,31 @@
+// One anonymous mapping for the weights every step streams, backed by transparent huge pages
+// where the kernel allows (madvise), carved into 64-byte aligned pieces.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace wfrt {
+
+class WeightArena {
+public:
+    WeightArena() = default;
+    explicit WeightArena(size_t bytes);
+    ~WeightArena();
+    WeightArena(const WeightArena&) = delete;
+    WeightArena& operator=(const WeightArena&) = delete;
+    WeightArena(WeightArena&& o) noexcept;
+    WeightArena& operator=(WeightArena&& o) noexcept;
+
+    // The next `bytes` (64-byte aligned); throws std::bad_alloc past the size given.
+    uint8_t* take(size_t bytes);
+    // Bytes take() hands out for a piece of `bytes` (its alignment included).
+    static size_t piece(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+private:
+    void* map_ = nullptr;
+    size_t map_bytes_ = 0;
+    uint8_t* base_ = nullptr;
+    size_t size_ = 0, used_ = 0;
+};
+
+}  // namespace wfrt
