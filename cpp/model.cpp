@@ -131,12 +131,14 @@ void parallel_for_tensors(ThreadPool& pool, int tasks, Fn&& fn, NameOf&& name_of
 
 // Fails with BadTensor(name) on a non-finite weight (the group scale would be meaningless).
 void quantize_head_q4(const float* w, int V, int H, const char* name, ThreadPool& pool, LmHead& head) {
-    head.q4_codes.assign(q4_code_bytes(V, H), 0);
+    head.arena = WeightArena(q4_code_bytes(V, H));  // zero-filled, as q4_pack_rows needs
+    uint8_t* codes = head.arena.take(q4_code_bytes(V, H));
+    head.q4_codes = codes;
     head.q4_scales.assign(q4_scale_count(V, H), 0.0f);
     RowSplit split(V, pool.size());
     parallel_for_tensors(
         pool, split.tasks,
-        [&](int t) { q4_pack_rows(w, V, H, split.begin(t), split.end(t), head.q4_codes.data(), head.q4_scales.data()); },
+        [&](int t) { q4_pack_rows(w, V, H, split.begin(t), split.end(t), codes, head.q4_scales.data()); },
         [&](int) { return std::string(name); });
 }
 
@@ -403,7 +405,7 @@ void lm_head_rows(const Compute& c, const Model& m, const float* x, int M, float
     if (m.head.precision == LmHeadPrecision::Q4) {
         c.pool->parallel_for(split.tasks, [&](int t, int) {
             const int n0 = split.begin(t), n1 = split.end(t);
-            c.k->q4_gemm(m.head.q4_codes.data(), m.head.q4_scales.data(), V, H, xq, Hp, M, out, V, n0, n1);
+            c.k->q4_gemm(m.head.q4_codes, m.head.q4_scales.data(), V, H, xq, Hp, M, out, V, n0, n1);
             for (int r = 0; r < M; ++r) {
                 const float inv_a = 1.0f / a[r];
                 float* yo = out + static_cast<size_t>(r) * V;

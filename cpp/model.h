@@ -37,10 +37,10 @@ struct LmHead {
     const float* f32 = nullptr;
     const int8_t* i8 = nullptr;
     const float* row_scale = nullptr;
-    WeightArena arena;  // the int8 rows
     std::vector<float> owned_scale;
-    std::vector<uint8_t> q4_codes;
+    const uint8_t* q4_codes = nullptr;
     std::vector<float> q4_scales;
+    WeightArena arena;  // the int8 rows or the q4 codes (weight_arena.h)
 };
 
 struct Model {
