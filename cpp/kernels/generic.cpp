@@ -48,40 +48,36 @@ void quantize_row_i8_generic(const float* x, int K, int K_padded, int8_t* xq, fl
     *sum = s;
 }
 
+// Y[m*ldy + n] = sum_k w(n, k) * X[m*ldx + k]: the integer GEMM definition, each layout giving w.
+template <class Weight>
+void gemm_by_weight(int K, const int8_t* X, int ldx, int M, int32_t* Y, int ldy, int n0, int n1, Weight w) {
+    for (int m = 0; m < M; ++m)
+        for (int n = n0; n < n1; ++n) {
+            int32_t acc = 0;
+            for (int k = 0; k < K; ++k) acc += w(n, k) * X[(size_t)m * ldx + k];
+            Y[(size_t)m * ldy + n] = acc;
+        }
+}
+
 void ternary_gemm_generic(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                           int32_t* Y, int ldy, int n0, int n1) {
     (void)N;
     const int Kp = ternary_padded_k(K);
-    for (int m = 0; m < M; ++m)
-        for (int n = n0; n < n1; ++n) {
-            int32_t acc = 0;
-            for (int k = 0; k < K; ++k) acc += code_at(W, n, k, Kp) * X[(size_t)m * ldx + k];
-            Y[(size_t)m * ldy + n] = acc;
-        }
+    gemm_by_weight(K, X, ldx, M, Y, ldy, n0, n1, [&](int n, int k) { return code_at(W, n, k, Kp); });
 }
 
 void base3_gemm_generic(const uint8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                         int32_t* Y, int ldy, int n0, int n1) {
     (void)N;
     const int Kp = ternary_padded_k(K);
-    for (int m = 0; m < M; ++m)
-        for (int n = n0; n < n1; ++n) {
-            int32_t acc = 0;
-            for (int k = 0; k < K; ++k)
-                acc += base3_digit(W[base3_byte(n, k, Kp)], base3_tile(n)) * X[(size_t)m * ldx + k];
-            Y[(size_t)m * ldy + n] = acc;
-        }
+    gemm_by_weight(K, X, ldx, M, Y, ldy, n0, n1,
+                   [&](int n, int k) { return base3_digit(W[base3_byte(n, k, Kp)], base3_tile(n)); });
 }
 
 void i8_gemm_generic(const int8_t* W, int N, int K, const int8_t* X, int ldx, int M,
                      int32_t* Y, int ldy, int n0, int n1) {
     (void)N;
-    for (int m = 0; m < M; ++m)
-        for (int n = n0; n < n1; ++n) {
-            int32_t acc = 0;
-            for (int k = 0; k < K; ++k) acc += W[(size_t)n * K + k] * X[(size_t)m * ldx + k];
-            Y[(size_t)m * ldy + n] = acc;
-        }
+    gemm_by_weight(K, X, ldx, M, Y, ldy, n0, n1, [&](int n, int k) { return (int)W[(size_t)n * K + k]; });
 }
 
 // Code byte of (row n, k) in the q4 layout (ternary.h); k >= 16 within its group is the high nibble.
