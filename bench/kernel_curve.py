@@ -1,8 +1,9 @@
 """Ternary GEMM cost against the number of activation rows, for every kernel variant.
 
 For each kernel table (the CPU's best, and AVX2 forced on AVX-512 machines, as an AVX2-only CPU
-would run) and each 2B-4T projection shape, times the tiles (maddubs/dpbusd, layout v1) and
-every LUT kernel (cpp/kernels/lut.h) at 1, 2, 4, ..., 128 rows, one thread, interleaved (round r
+would run) and each 2B-4T projection shape, times the tiles (maddubs/dpbusd, layout v1), every
+LUT kernel (cpp/kernels/lut.h) and the dense kernel on base-3 packed weights (cpp/kernels/base3.h,
+"base3": another packing, so it takes no part in the fastest-variant columns) at 1, 2, 4, ..., 128 rows, one thread, interleaved (round r
 runs every variant at every row count before round r + 1) and reports medians. Weights rotate
 over copies larger than the L2 caches, so the 1-row figures read them from L3 or DRAM as a
 model's layers do (this machine's L3 may still hold them: see the `weights_bytes` field).
@@ -34,6 +35,7 @@ ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
 # (N, K) of the 2B-4T projections: q/o, gate/up, down.
 SHAPES = ((2560, 2560), (6912, 2560), (2560, 6912))
 ROTATION_BYTES = 256 << 20
+BASE3 = "base3"
 
 
 def default_tables() -> list[str]:
@@ -43,13 +45,16 @@ def default_tables() -> list[str]:
 
 
 def _variants(table: str, N: int, K: int, copies: int, rng) -> dict:
-    """name -> callable(X, M, copy index) for the tiles and each LUT kernel on one random matrix."""
+    """name -> callable(X, M, copy index) for the tiles, each LUT kernel and base3 on one random
+    matrix."""
     codes = rng.integers(-1, 2, (N, K)).astype(np.int8)
     tiles = np.stack([_core.ternary_pack(codes)] * copies)
     lut = np.stack([_core.lut_pack(codes)] * copies)
+    base3 = np.stack([_core.base3_pack(codes)] * copies)
     out = {"tiles": lambda X, c: _core.ternary_gemm(table, tiles[c], N, K, X)}
     for k in _core.lut_kernel_names(table):
         out[k] = lambda X, c, k=k: _core.lut_gemm(table, k, lut[c], N, K, X)
+    out[BASE3] = lambda X, c: _core.base3_gemm(table, base3[c], N, K, X)
     return out
 
 
@@ -94,11 +99,12 @@ def derive(curves: dict) -> dict:
             by_stat = {stat: {v: {int(m): f(s) for m, s in by_m.items()} for v, by_m in rec["samples_s"].items()}
                        for stat, f in (("median", statistics.median), ("best", min))}
             best = by_stat["best"]
-            d: dict = {"fastest": {str(m): min(best, key=lambda v: best[v][m]) for m in ROWS}}
+            two_bit = [v for v in best if v != BASE3]  # what a 2-bit engine's plan chooses from
+            d: dict = {"fastest": {str(m): min(two_bit, key=lambda v: best[v][m]) for m in ROWS}}
             for stat, t in by_stat.items():
                 d[f"{stat}_s"] = {v: {str(m): x for m, x in by_m.items()} for v, by_m in t.items()}
                 d[f"rows_per_s_{stat}"] = {v: {str(m): m / x for m, x in by_m.items()} for v, by_m in t.items()}
-                d[f"cost_32_rows_in_1_row_calls_{stat}"] = _ratio_32_1(t, t)
+                d[f"cost_32_rows_in_1_row_calls_{stat}"] = _ratio_32_1(t, two_bit)
                 d[f"cost_32_rows_in_1_row_calls_{stat}_tiles_only"] = _ratio_32_1(t, ["tiles"])
             out.setdefault(table, {})[shape] = d
     return out
