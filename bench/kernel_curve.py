@@ -3,8 +3,9 @@
 For each kernel table (the CPU's best, and AVX2 forced on AVX-512 machines, as an AVX2-only CPU
 would run) and each 2B-4T projection shape, times the tiles (maddubs/dpbusd, layout v1), every
 LUT kernel (cpp/kernels/lut.h) and the dense kernel on base-3 packed weights (cpp/kernels/base3.h,
-"base3": another packing, so it takes no part in the fastest-variant columns) at 1, 2, 4, ..., 128 rows, one thread, interleaved (round r
-runs every variant at every row count before round r + 1) and reports medians. Weights rotate
+"base3": another packing, so it takes no part in the fastest-variant columns) at 1, 2, 4, ...,
+128 rows, one thread, interleaved (round r runs every variant at every row count before round
+r + 1) and reports medians. Weights rotate
 over copies larger than the L2 caches, so the 1-row figures read them from L3 or DRAM as a
 model's layers do (this machine's L3 may still hold them: see the `weights_bytes` field).
 
