@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -216,11 +218,14 @@ int main(int argc, char** argv) {
     for (int i = 0; i < kL1Bytes; ++i) g_w[i] = uint8_t(i * 37 + 11);
 
     const size_t bytes = mib << 20;
-    auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));
+    // 2 MiB aligned and advised huge pages, as the runtime holds its weights (cpp/weight_arena.h):
+    // with 4 KiB pages the read stream measured ~10 % below what the GEMVs reach on a VM.
+    auto* buf = static_cast<uint8_t*>(std::aligned_alloc(size_t(2) << 20, bytes));
     if (!buf) {
         std::fprintf(stderr, "hw: cannot allocate %zu MiB\n", mib);
         return 4;
     }
+    ::madvise(buf, bytes, MADV_HUGEPAGE);
     std::memset(buf, 1, bytes);  // fault every page in before timing
 
     std::printf("{\"buffer_bytes\": %zu, \"bandwidth_bytes_per_s\": {", bytes);
