@@ -61,7 +61,8 @@ std::vector<float> copy_f32(TensorMap& m, const std::string& name, int n) {
     return std::vector<float>(p, p + n);
 }
 
-// Where a ternary tensor comes from, resolved before the (parallel) packing.
+// Where a ternary tensor comes from (int8 codes to pack or packed bytes to copy), resolved before
+// the parallel work.
 struct PackJob {
     std::string name;
     const TensorView* view;
