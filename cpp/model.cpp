@@ -69,30 +69,32 @@ struct PackJob {
     TernaryMatrix* dst;
 };
 
-// The int8 head's rows in `head.arena`, from the float head or copied from given int8 rows.
-void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& head) {
+// Room for the int8 head: its V x H rows in `head.arena`, its V scales in `head.owned_scale`.
+int8_t* int8_head(int V, int H, LmHead& head) {
     head.arena = WeightArena(static_cast<size_t>(V) * H);
-    int8_t* q = reinterpret_cast<int8_t*>(head.arena.take(static_cast<size_t>(V) * H));
     head.owned_scale.resize(V);
+    int8_t* q = reinterpret_cast<int8_t*>(head.arena.take(static_cast<size_t>(V) * H));
+    head.i8 = q;
+    head.row_scale = head.owned_scale.data();
+    return q;
+}
+
+void quantize_head_i8(const float* w, int V, int H, ThreadPool& pool, LmHead& head) {
+    int8_t* q = int8_head(V, H, head);
     RowSplit split(V, pool.size());
     pool.parallel_for(split.tasks, [&](int t, int) {
         quantize_rows_i8_per_row(w, H, split.begin(t), split.end(t), q, head.owned_scale.data());
     });
-    head.i8 = q;
-    head.row_scale = head.owned_scale.data();
 }
 
 void copy_head_i8(const int8_t* rows, const float* scales, int V, int H, ThreadPool& pool, LmHead& head) {
-    head.arena = WeightArena(static_cast<size_t>(V) * H);
-    int8_t* q = reinterpret_cast<int8_t*>(head.arena.take(static_cast<size_t>(V) * H));
+    int8_t* q = int8_head(V, H, head);
     RowSplit split(V, pool.size());
     pool.parallel_for(split.tasks, [&](int t, int) {
         const size_t a = static_cast<size_t>(split.begin(t)) * H, b = static_cast<size_t>(split.end(t)) * H;
         std::memcpy(q + a, rows + a, b - a);
     });
-    head.owned_scale.assign(scales, scales + V);
-    head.i8 = q;
-    head.row_scale = head.owned_scale.data();
+    std::copy(scales, scales + V, head.owned_scale.begin());
 }
 
 // Gives every ternary matrix a layout in one new arena: bytes(W) each, written by
