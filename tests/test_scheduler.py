@@ -10,9 +10,9 @@ import itertools
 import anyio
 import pytest
 import torch
-
 from reference_dlm import reference_ar, reference_dlm
 from tiny_models import make_hf_model, save_hf_model
+
 from wrinklefree_rt import DiffusionParams, Engine, SamplingParams
 
 MASK = 249          # the tiny models' last token id serves as the mask token
@@ -328,6 +328,48 @@ async def test_failing_request_fails_alone(engine, model, monkeypatch):
     async def bad():
         try:
             await engine.generate(prompt(5, seed=5), SamplingParams(max_tokens=10), request_id="bad")
+        except ValueError as e:
+            results["bad"] = e
+
+    async with engine:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bad)
+            tg.start_soon(_collect, engine, good, results)
+        assert_idle(engine)
+    assert "10000" in str(results["bad"])
+    for (p, sp, d), out in zip(good, results["others"]):
+        assert out.token_ids == ref(model, p, sp, d)
+
+
+@pytest.mark.anyio
+async def test_decoding_request_gone_bad_fails_alone(engine, model, monkeypatch):
+    # A decoding AR request whose state goes bad after its third token (its next row's token
+    # outside the vocabulary) shares steps with other decoders: the step fails, each request
+    # reruns alone, and only the bad one ends (with the core's error); the others are exact.
+    good = [(prompt(5 + s, seed=s), SamplingParams(max_tokens=12, ignore_eos=True), None) for s in range(3)]
+    make = engine._intake.make_sequence
+
+    def poisoned(request, ids):
+        seq = make(request, ids)
+        if request.request_id == "bad":
+            take = seq.take_decoded
+
+            def take_then_corrupt(token):
+                news = take(token)
+                if len(seq.output_ids) == 3:
+                    seq.tokens[seq.decode_row] = 10_000
+                return news
+
+            seq.take_decoded = take_then_corrupt
+        return seq
+
+    monkeypatch.setattr(engine._intake, "make_sequence", poisoned)
+    results = {}
+
+    async def bad():
+        try:
+            await engine.generate(prompt(6, seed=9), SamplingParams(max_tokens=12, ignore_eos=True),
+                                  request_id="bad")
         except ValueError as e:
             results["bad"] = e
 

@@ -2,14 +2,15 @@
 (docs/architecture.md): rows in segment order, each output row with its sampling settings."""
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
 import pytest
 
-from wrinklefree_rt.params import SamplingParams
 from wrinklefree_rt._core import OutMode
-from wrinklefree_rt.sequence import Sequence, Work
+from wrinklefree_rt.params import SamplingParams
+from wrinklefree_rt.sequence import _BELOW_ONE, Sequence, Work
 from wrinklefree_rt.step import StepPlan
 
 
@@ -38,15 +39,41 @@ def _reference(segments):
     return cols, bounds
 
 
-def _random_segments(rng: random.Random):
+def _random_sequence(rng: random.Random, slot: int) -> Sequence:
+    sp = SamplingParams(max_tokens=8, temperature=rng.choice([0.0, 0.7]), top_k=rng.choice([0, 5]),
+                        top_p=rng.choice([1.0, 0.9]), seed=rng.randrange(100))
+    seq = Sequence("r", None, [rng.randrange(200) for _ in range(rng.randint(1, 40))], sp, None, frozenset(),
+                   None, rng.choice([-1, 199]))
+    seq.slot_id = slot
+    return seq
+
+
+def _random_decoders(rng: random.Random, slots: list[int]) -> list[Sequence]:
+    """AR requests past their prompt: each took its first token (planned as decoders)."""
+    decoders = []
+    for slot in slots:
+        seq = _random_sequence(rng, slot)
+        p = len(seq.prompt_ids)
+        prefill = Work(0, p, [p - 1], [seq.ar_mode], [0.5] if seq.rng is not None else [])
+        seq.apply(prefill, [rng.randrange(200)], [1.0])
+        assert seq.decode_row == p
+        decoders.append(seq)
+    return decoders
+
+
+def _as_segment(seq: Sequence) -> tuple[Sequence, Work]:
+    """A decoder's row as the Work the generic path would plan (its draw taken from a copy of
+    its generator, so that the plan's own draw is the same)."""
+    row = seq.decode_row
+    draws = [min(float(copy.deepcopy(seq.rng).random()), _BELOW_ONE)] if seq.rng is not None else []
+    return seq, Work(row, row + 1, [row], [seq.ar_mode], draws)
+
+
+def _random_segments(rng: random.Random, slots: list[int]):
     segments = []
-    for slot in rng.sample(range(16), rng.randint(1, 8)):
-        sp = SamplingParams(max_tokens=8, temperature=rng.choice([0.0, 0.7]), top_k=rng.choice([0, 5]),
-                            top_p=rng.choice([1.0, 0.9]), seed=1)
-        n = rng.randint(1, 40)
-        seq = Sequence("r", None, [rng.randrange(200) for _ in range(n)], sp, None, frozenset(), None,
-                       rng.choice([-1, 199]))
-        seq.slot_id = slot
+    for slot in slots:
+        seq = _random_sequence(rng, slot)
+        sp, n = seq.params, seq.prompt_len
         start = rng.randrange(n)
         end = rng.randint(start + 1, n)
         outs = sorted(rng.sample(range(start, end), rng.randint(0, end - start)))
@@ -56,22 +83,35 @@ def _random_segments(rng: random.Random):
     return segments
 
 
+_COLUMNS = (("slots", np.int32), ("positions", np.int32), ("tokens", np.int32), ("out_rows", np.int32),
+            ("out_mode", np.int8), ("exclude", np.int32), ("temperature", np.float32), ("top_k", np.int32),
+            ("top_p", np.float32), ("uniform", np.float32))
+
+
+def _assert_rows(rows, cols):
+    for name, dtype in _COLUMNS:
+        got = getattr(rows, name)
+        assert got.dtype == dtype, name
+        np.testing.assert_array_equal(got, np.asarray(cols[name], dtype), err_msg=name)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_plan_matches_row_by_row_reference(seed):
     rng = random.Random(seed)
     for _ in range(50):
-        segments = _random_segments(rng)
-        plan = StepPlan(segments)
-        cols, bounds = _reference(segments)
-        for name, dtype in (("slots", np.int32), ("positions", np.int32), ("tokens", np.int32),
-                            ("out_rows", np.int32), ("out_mode", np.int8), ("exclude", np.int32),
-                            ("temperature", np.float32), ("top_k", np.int32), ("top_p", np.float32),
-                            ("uniform", np.float32)):
-            got = getattr(plan, name)
-            assert got.dtype == dtype, name
-            np.testing.assert_array_equal(got, np.asarray(cols[name], dtype), err_msg=name)
+        slots = rng.sample(range(16), rng.randint(1, 8))
+        n_dec = rng.randint(0, len(slots))
+        decoders = _random_decoders(rng, slots[:n_dec])
+        segments = _random_segments(rng, slots[n_dec:])
+        as_works = [_as_segment(seq) for seq in decoders] + segments
+        plan = StepPlan(segments, decoders)
+        cols, bounds = _reference(as_works)
+        _assert_rows(plan.rows, cols)
         assert plan.out_bounds == bounds
-        assert plan.n_rows == len(cols["positions"])
+        assert plan.n_rows == len(cols["positions"]) == plan.row_bounds[-1]
+        assert plan.n_segments == len(slots)
+        for k, segment in enumerate(as_works):  # a segment alone, as a failed step reruns it
+            _assert_rows(plan.segment_rows(k), _reference([segment])[0])
 
 
 class _AlmostOne:
@@ -90,4 +130,4 @@ def test_a_draw_that_rounds_to_one_as_float32_stays_below_one():
     work = seq.next_work(64, True)
     assert work is not None and work.uniforms
     plan = StepPlan([(seq, work)])
-    assert plan.uniform.dtype == np.float32 and float(plan.uniform.max()) < 1.0
+    assert plan.rows.uniform.dtype == np.float32 and float(plan.rows.uniform.max()) < 1.0

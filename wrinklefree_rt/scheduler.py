@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import StepCancelledError
 from .sequence import Sequence, Work
-from .step import StepPlan, StepResult
+from .step import StepPlan, StepResult, StepRows
 from .step_costs import StepCosts
 
 __all__ = ["Scheduler", "SchedulerStats"]
@@ -57,27 +57,34 @@ class Scheduler:
         t0 = self._planned_at = time.perf_counter()
         self._release_ended()
         self._admit()
+        running = self.running
+        # Decoding AR requests need one row each and go first, as a group planned without a
+        # Work apiece. When they do not all fit, or a sequence was left out of a step, every
+        # sequence takes its turn in the fair order below instead.
+        decoding = [s for s in running if s.decode_row is not None]
+        if len(decoding) > self.budget or any(s.skipped for s in running):
+            decoding = []
+        rest = [s for s in running if s.decode_row is None] if decoding else running
         chosen: list[tuple[Sequence, Work]] = []
-        used = 0
+        used = len(decoding)
         # Decode/denoise before prefill, except that a sequence left out of several steps in a
         # row goes first (a busy engine must not starve a prefill); then longest-waiting first.
-        running = self.running
-        if any(s.skipped for s in running):
-            order = sorted(running, key=lambda s: (s.in_prefill and s.skipped < _MAX_SKIPS, -s.skipped))
+        if not decoding and any(s.skipped for s in rest):
+            order = sorted(rest, key=lambda s: (s.in_prefill and s.skipped < _MAX_SKIPS, -s.skipped))
         else:  # the same order, without a key per sequence
-            order = [s for s in running if not s.in_prefill]
-            if len(order) < len(running):
-                order += [s for s in running if s.in_prefill]
+            order = [s for s in rest if not s.in_prefill]
+            if len(order) < len(rest):
+                order += [s for s in rest if s.in_prefill]
         price = self._width_price(running)
         for seq in order:
-            work = seq.next_work(self.budget - used, first_in_step=not chosen, price=price)
+            work = seq.next_work(self.budget - used, first_in_step=not (chosen or decoding), price=price)
             if work is None:
                 seq.skipped += 1
                 continue
             seq.skipped = 0
             chosen.append((seq, work))
             used += work.end - work.start
-        plan = StepPlan(chosen) if chosen else None
+        plan = StepPlan(chosen, decoding) if chosen or decoding else None
         self.stats.schedule_time += time.perf_counter() - t0
         return plan
 
@@ -90,7 +97,8 @@ class Scheduler:
         if not n:
             return None
         last = self._last_plan
-        fixed = sum(w.end - w.start for s, w in zip(last.seqs, last.works) if not s.sub_block_auto) if last else 0
+        fixed = len(last.decoding) + sum(w.end - w.start for s, w in zip(last.seqs, last.works)
+                                         if not s.sub_block_auto) if last else 0
         cost = self.costs.cost
         return lambda rows: cost(fixed + n * rows) / n
 
@@ -100,32 +108,32 @@ class Scheduler:
         the request the error is about fails: a failed step leaves the KV cache as it was, so the
         rerun is exact. A cancelled step (``aclose()``) is not retried."""
         try:
-            return StepResult(*self._forward(plan), {})
+            return StepResult(*self._forward(plan.rows), {})
         except StepCancelledError:
             raise
         except Exception as e:
-            if len(plan.works) == 1:
-                n = len(plan.out_rows)
+            if plan.n_segments == 1:
+                n = len(plan.rows.out_rows)
                 return StepResult(np.zeros(n, np.int32), np.zeros(n, np.float32), {0: e})
-        tokens = np.zeros(len(plan.out_rows), np.int32)
-        probs = np.zeros(len(plan.out_rows), np.float32)
+        tokens = np.zeros(len(plan.rows.out_rows), np.int32)
+        probs = np.zeros(len(plan.rows.out_rows), np.float32)
         errors: dict[int, Exception] = {}
         bounds = plan.out_bounds
-        for i, (seq, work) in enumerate(zip(plan.seqs, plan.works)):
-            outs = slice(bounds[i], bounds[i + 1])
+        for k in range(plan.n_segments):
+            outs = slice(bounds[k], bounds[k + 1])
             try:
-                tokens[outs], probs[outs] = self._forward(StepPlan([(seq, work)]))
+                tokens[outs], probs[outs] = self._forward(plan.segment_rows(k))
             except StepCancelledError:
                 raise
             except Exception as e:
-                errors[i] = e
+                errors[k] = e
         return StepResult(tokens, probs, errors)
 
-    def _forward(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray]:
-        tokens, probs, _ = self.core.step(plan.slots, plan.positions, plan.tokens, plan.out_rows,
-                                          out_mode=plan.out_mode, exclude=plan.exclude,
-                                          temperature=plan.temperature, top_k=plan.top_k,
-                                          top_p=plan.top_p, uniform=plan.uniform)
+    def _forward(self, rows: StepRows) -> tuple[np.ndarray, np.ndarray]:
+        tokens, probs, _ = self.core.step(rows.slots, rows.positions, rows.tokens, rows.out_rows,
+                                          out_mode=rows.out_mode, exclude=rows.exclude,
+                                          temperature=rows.temperature, top_k=rows.top_k,
+                                          top_p=rows.top_p, uniform=rows.uniform)
         return np.asarray(tokens, np.int32), np.asarray(probs, np.float32)
 
     def apply(self, plan: StepPlan, out: StepResult, step_time: float) -> None:
@@ -134,37 +142,42 @@ class Scheduler:
         self.stats.rows += plan.n_rows
         self.stats.step_time += step_time
         tokens, probs, errors = out.tokens.tolist(), out.probs.tolist(), out.errors
-        bounds = plan.out_bounds
         released = 0
-        ended = bool(errors)
-        for i, (seq, work) in enumerate(zip(plan.seqs, plan.works)):
-            if seq.finished or seq.aborted:
-                continue
-            if errors and i in errors:
-                seq.fail(errors[i])
-                continue
-            before = len(seq.output_ids)
-            o0, o1 = bounds[i], bounds[i + 1]
-            try:
-                news = seq.apply(work, tokens[o0:o1], probs[o0:o1])
-            except Exception as e:  # a bug or bad state in one request fails that request alone
-                seq.fail(e)
-                ended = True
-                continue
-            released += len(seq.output_ids) - before
-            if seq.finished:
-                ended = True
-                seq.mailbox.notify()
-            elif news and not seq.mailbox.final_only:
-                seq.mailbox.notify()
+        for k, (seq, token) in enumerate(zip(plan.decoding, tokens)):
+            released += self._take(seq, errors.get(k), seq.take_decoded, token)
+        bounds = plan.out_bounds
+        for k, (seq, work) in enumerate(zip(plan.seqs, plan.works), start=len(plan.decoding)):
+            released += self._take(seq, errors.get(k), seq.apply, work, tokens[bounds[k]:bounds[k + 1]],
+                                   probs[bounds[k]:bounds[k + 1]])
         self.stats.tokens += released
-        if ended:  # free their slots now: stats() may be read before the next schedule()
-            self._release_ended()
+        if errors or any(seq.finished for seq in plan.decoding) or any(seq.finished for seq in plan.seqs):
+            self._release_ended()  # free their slots now: stats() may be read before the next schedule()
         end = time.perf_counter()
         self.stats.schedule_time += end - t0
         if self.stats.forwards > 1:  # the first step also faults the (memory-mapped) weights in
             self.costs.observe(plan.n_rows, end - self._planned_at)
         self._last_plan = plan
+
+    @staticmethod
+    def _take(seq: Sequence, error: Exception | None, take: Callable[..., bool], *outputs) -> int:
+        """Hand a sequence its outputs (``take(*outputs)``) or its step's error and flag its
+        consumer; returns how many tokens it released."""
+        if seq.finished or seq.aborted:
+            return 0
+        if error is not None:
+            seq.fail(error)
+            return 0
+        before = len(seq.output_ids)
+        try:
+            news = take(*outputs)
+        except Exception as e:  # a bug or bad state in one request fails that request alone
+            seq.fail(e)
+            return 0
+        if seq.finished:
+            seq.mailbox.notify()
+        elif news and not seq.mailbox.final_only:
+            seq.mailbox.notify()
+        return len(seq.output_ids) - before
 
     def fail_all(self, error: BaseException) -> None:
         """End every request with ``error`` and return all slots and pages (engine shutdown)."""

@@ -130,7 +130,10 @@ class Sequence:
 
         self.rng = (np.random.default_rng(params.seed)
                     if params.temperature > 0 and not dlm else None)
-        self._ar_modes = [OutMode.SAMPLE if self.rng is not None else OutMode.ARGMAX]  # read only
+        self.ar_mode = OutMode.SAMPLE if self.rng is not None else OutMode.ARGMAX  # AR rows, DLM pending fills
+        # An AR request past its prompt runs one row a step, the one before its next position:
+        # that row's position (None before). The scheduler plans these requests as a group.
+        self.decode_row: int | None = None
         self.text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
         self.output_ids: list[int] = []
         self.finished = False
@@ -221,13 +224,13 @@ class Sequence:
             p = self._first_open
             start = min(self.kv_valid, p - 1)
             if p - start <= budget:
-                uniforms = [min(float(self.rng.random()), _BELOW_ONE)] if self.rng is not None else []
-                return Work(start, p, [p - 1], self._ar_modes, uniforms)
+                uniforms = [self.draw_uniform()] if self.rng is not None else []
+                return Work(start, p, [p - 1], [self.ar_mode], uniforms)
         if self._pending_fill():
             target = self._first_open
             need, end, independent = [target - 1], target, target
             start = self._first_row(need)
-            mode = OutMode.SAMPLE if self.rng is not None else OutMode.ARGMAX
+            mode = self.ar_mode
         else:
             if price is not None and self.sub_block_auto:
                 self._choose_width(price)
@@ -247,9 +250,13 @@ class Sequence:
                 cut = min(stale + self.attn_block, independent) if stale < independent else end
             if cut < end:
                 return Work(stale, cut, [], [])
-        uniforms = ([min(float(self.rng.random()), _BELOW_ONE) for _ in need]
-                    if self.rng is not None and mode == OutMode.SAMPLE else [])
+        uniforms = [self.draw_uniform() for _ in need] if mode == OutMode.SAMPLE else []
         return Work(start, end, need, [mode] * len(need), uniforms)
+
+    def draw_uniform(self) -> float:
+        """The next draw of a sampled request's generator, as the core takes it."""
+        assert self.rng is not None
+        return min(float(self.rng.random()), _BELOW_ONE)
 
     def _first_row(self, need: list[int]) -> int:
         return min(self._align(self.kv_valid, self.attn_block), self._align(min(need), self.attn_block))
@@ -295,6 +302,13 @@ class Sequence:
         released = self._progress()
         return released or (self.dlm is not None and self.dlm.provisional and self._scan > decoded)
 
+    def take_decoded(self, token: int) -> bool:
+        """``apply`` for the one row of a decoding AR request (``decode_row``)."""
+        self.kv_valid = self.decode_row + 1  # type: ignore[operator]
+        self.forwards += 1
+        self.rows += 1
+        return self._next_ar_token(token)
+
     def _progress(self) -> bool:
         """Make every decision the fresh predictions allow (several when a step's candidates
         were all predicted before and nothing they see has changed since)."""
@@ -332,6 +346,7 @@ class Sequence:
             self.block_start = self._first_open = p + 1
             self.block_end = p + 2
             self.tokens.append(self.mask_id)
+            self.decode_row = p
         return released
 
     def _unmask(self, cands: list[int]) -> None:

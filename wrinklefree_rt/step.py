@@ -1,16 +1,17 @@
-"""StepPlan / StepResult: one forward's rows as the flat arrays BitNetBatchEngine.step takes,
-and what came back. Both are plain data: the scheduler builds the plan, runs it on the core and
-applies the result."""
+"""StepPlan / StepRows / StepResult: one forward's rows, the flat arrays BitNetBatchEngine.step
+takes, and what came back. All three are plain data: the scheduler builds the plan, runs its
+rows on the core and applies the result."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 
 import numpy as np
 
+from .params import SamplingParams
 from .sequence import Sequence, Work
 
-__all__ = ["StepPlan", "StepResult"]
+__all__ = ["StepPlan", "StepRows", "StepResult"]
 
 
 @dataclass
@@ -20,48 +21,88 @@ class StepResult:
     errors: dict[int, Exception]  # segment index -> why that sequence's rows failed
 
 
-class StepPlan:
-    """Rows from many sequences, as the arrays of one ``BitNetBatchEngine.step`` call.
+@dataclass
+class StepRows:
+    """The arguments of one ``BitNetBatchEngine.step`` call (docs/architecture.md)."""
 
-    Segment ``i`` (``seqs[i]``, ``works[i]``) owns output rows ``out_bounds[i]:out_bounds[i + 1]``.
+    slots: np.ndarray        # [n_rows] int32
+    positions: np.ndarray    # [n_rows] int32
+    tokens: np.ndarray       # [n_rows] int32
+    out_rows: np.ndarray     # [n_out] int32
+    out_mode: np.ndarray     # [n_out] int8
+    exclude: np.ndarray      # [n_out] int32
+    temperature: np.ndarray  # [n_out] float32
+    top_k: np.ndarray        # [n_out] int32
+    top_p: np.ndarray        # [n_out] float32
+    uniform: np.ndarray      # [n_out] float32
+
+    def part(self, rows: slice, outs: slice) -> "StepRows":
+        """Rows ``rows`` and their outputs ``outs`` as a step of their own."""
+        per_out = {name: getattr(self, name)[outs] for name in
+                   ("out_mode", "exclude", "temperature", "top_k", "top_p", "uniform")}
+        return replace(self, slots=self.slots[rows], positions=self.positions[rows], tokens=self.tokens[rows],
+                       out_rows=self.out_rows[outs] - rows.start, **per_out)
+
+
+class StepPlan:
+    """Rows from many sequences, and which sequence each belongs to.
+
+    The decoding AR requests (``decoding``: ``Sequence.decode_row`` set, one row and one
+    output each) come first, then ``seqs[i]`` with ``works[i]``. Segment ``k`` of the plan
+    (the decoders' first, one each) owns rows ``row_bounds[k]:row_bounds[k + 1]`` and outputs
+    ``out_bounds[k]:out_bounds[k + 1]``.
     """
 
-    def __init__(self, segments: list[tuple[Sequence, Work]]):
+    def __init__(self, segments: list[tuple[Sequence, Work]], decoding: list[Sequence] | None = None):
         # Whole segments at a time (list extends, comprehensions): no Python work per row, and
-        # a few numpy calls per step whatever the batch.
+        # a few numpy calls per step whatever the batch. A decoder costs a few list items.
+        self.decoding = decoding = decoding or []
         self.seqs = [seq for seq, _ in segments]
         self.works = works = [work for _, work in segments]
-        slots: list[int] = []
-        positions: list[int] = []
-        tokens: list[int] = []
+        n_dec = len(decoding)
+        slots = [seq.slot_id for seq in decoding]
+        positions = [seq.decode_row for seq in decoding]
+        tokens = [seq.tokens[p] for seq, p in zip(decoding, positions)]  # type: ignore[index]
         for seq, w in segments:
             assert seq.slot_id is not None  # the scheduler plans admitted sequences only
             slots += [seq.slot_id] * (w.end - w.start)
             positions += range(w.start, w.end)
             tokens += seq.tokens[w.start:w.end]
-        first_rows = accumulate((w.end - w.start for w in works), initial=0)
-        self.out_bounds = list(accumulate((len(w.out_positions) for w in works), initial=0))
-        self.slots = np.asarray(slots, np.int32)
-        self.positions = np.asarray(positions, np.int32)
-        self.tokens = np.asarray(tokens, np.int32)
-        self.out_rows = np.asarray([row0 - w.start + p for row0, w in zip(first_rows, works)
-                                    for p in w.out_positions], np.int32)
-        self.out_mode = np.asarray([m for w in works for m in w.out_modes], np.int8)
-        self.exclude = np.asarray([seq.exclude_id for seq, w in segments for _ in w.out_positions], np.int32)
-        if any(w.uniforms for w in works):  # sampled rows; a work's outputs share one mode
-            sampled = [(seq.params if w.uniforms else None, u) for seq, w in segments
-                       for u in (w.uniforms or [0.0] * len(w.out_positions))]
-            self.temperature = np.asarray([sp.temperature if sp else 1.0 for sp, _ in sampled], np.float32)
-            self.top_k = np.asarray([sp.top_k if sp else 0 for sp, _ in sampled], np.int32)
-            self.top_p = np.asarray([sp.top_p if sp else 1.0 for sp, _ in sampled], np.float32)
-            self.uniform = np.asarray([u for _, u in sampled], np.float32)
+        self.row_bounds = [*range(n_dec), *accumulate((w.end - w.start for w in works), initial=n_dec)]
+        self.out_bounds = [*range(n_dec), *accumulate((len(w.out_positions) for w in works), initial=n_dec)]
+        out_rows = [*range(n_dec), *(row0 - w.start + p for row0, w in zip(self.row_bounds[n_dec:], works)
+                                     for p in w.out_positions)]
+        out_mode = [seq.ar_mode for seq in decoding] + [m for w in works for m in w.out_modes]
+        exclude = [seq.exclude_id for seq in decoding] + [seq.exclude_id for seq, w in segments
+                                                         for _ in w.out_positions]
+        n = self.out_bounds[-1]
+        if any(seq.rng is not None for seq in decoding) or any(w.uniforms for w in works):
+            # Sampled rows; a work's outputs share one mode, a decoder samples when it has an rng.
+            sampled: list[tuple[SamplingParams | None, float]] = [
+                (seq.params, seq.draw_uniform()) if seq.rng is not None else (None, 0.0) for seq in decoding]
+            sampled += [(seq.params if w.uniforms else None, u) for seq, w in segments
+                        for u in (w.uniforms or [0.0] * len(w.out_positions))]
+            temperature = np.asarray([sp.temperature if sp else 1.0 for sp, _ in sampled], np.float32)
+            top_k = np.asarray([sp.top_k if sp else 0 for sp, _ in sampled], np.int32)
+            top_p = np.asarray([sp.top_p if sp else 1.0 for sp, _ in sampled], np.float32)
+            uniform = np.asarray([u for _, u in sampled], np.float32)
         else:
-            n = self.out_bounds[-1]
-            self.temperature = np.ones(n, np.float32)
-            self.top_k = np.zeros(n, np.int32)
-            self.top_p = np.ones(n, np.float32)
-            self.uniform = np.zeros(n, np.float32)
+            temperature, top_k = np.ones(n, np.float32), np.zeros(n, np.int32)
+            top_p, uniform = np.ones(n, np.float32), np.zeros(n, np.float32)
+        self.rows = StepRows(np.asarray(slots, np.int32), np.asarray(positions, np.int32),
+                             np.asarray(tokens, np.int32), np.asarray(out_rows, np.int32),
+                             np.asarray(out_mode, np.int8), np.asarray(exclude, np.int32),
+                             temperature, top_k, top_p, uniform)
 
     @property
     def n_rows(self) -> int:
-        return len(self.positions)
+        return len(self.rows.positions)
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.decoding) + len(self.works)
+
+    def segment_rows(self, k: int) -> StepRows:
+        """Segment ``k``'s rows alone (a failed step reruns one sequence at a time)."""
+        rb, ob = self.row_bounds, self.out_bounds
+        return self.rows.part(slice(rb[k], rb[k + 1]), slice(ob[k], ob[k + 1]))
