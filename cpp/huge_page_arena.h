@@ -1,7 +1,8 @@
 // One anonymous mapping backed by transparent huge pages where the kernel allows (madvise),
 // carved into 64-byte aligned pieces that start zero-filled. Holds the weights every step
 // streams: decode on the benchmark VM read them 10-18 % faster from here than from the page
-// cache of a mapped file, or from 4 KiB heap pages (docs/benchmarks.md).
+// cache of a mapped file, or from 4 KiB heap pages (docs/benchmarks.md). Also holds the KV pool
+// (kv_cache.h), whose pages are zeroed as slots take them: one fault per 2 MiB, not per 4 KiB.
 #pragma once
 #include <cstddef>
 #include <cstdint>
