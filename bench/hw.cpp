@@ -218,7 +218,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < kL1Bytes; ++i) g_w[i] = uint8_t(i * 37 + 11);
 
     const size_t bytes = mib << 20;
-    // 2 MiB aligned and advised huge pages, as the runtime holds its weights (cpp/weight_arena.h):
+    // 2 MiB aligned and advised huge pages, as the runtime holds its weights (cpp/huge_page_arena.h):
     // with 4 KiB pages the read stream measured ~10 % below what the GEMVs reach on a VM.
     auto* buf = static_cast<uint8_t*>(std::aligned_alloc(size_t(2) << 20, bytes));
     if (!buf) {

@@ -14,9 +14,10 @@ KVCache::KVCache(int n_layers, int kv_dim, int page_size, int n_pages, int max_s
     if (page_size < 1) throw std::invalid_argument("page_size must be >= 1, got " + std::to_string(page_size));
     if (n_pages < 1) throw std::invalid_argument("kv_pages must be >= 1, got " + std::to_string(n_pages));
     if (max_slots < 1) throw std::invalid_argument("max_slots must be >= 1, got " + std::to_string(max_slots));
-    size_t n = static_cast<size_t>(n_layers) * n_pages * page_size * kv_dim;
-    k_.reset(new float[n]);
-    v_.reset(new float[n]);
+    size_t bytes = static_cast<size_t>(n_layers) * n_pages * page_size * kv_dim * sizeof(float);
+    pool_ = HugePageArena(2 * HugePageArena::piece(bytes));
+    k_ = reinterpret_cast<float*>(pool_.take(bytes));
+    v_ = reinterpret_cast<float*>(pool_.take(bytes));
     free_pages_.reserve(n_pages);
     // Hand out low page ids first (pop from the back).
     for (int p = n_pages - 1; p >= 0; --p) free_pages_.push_back(p);
@@ -69,8 +70,8 @@ void KVCache::reserve(int slot, int n_positions) {
         free_pages_.pop_back();
         for (int layer = 0; layer < n_layers_; ++layer) {
             size_t off = (static_cast<size_t>(layer) * n_pages_ + page) * page_floats;
-            std::memset(k_.get() + off, 0, page_floats * sizeof(float));
-            std::memset(v_.get() + off, 0, page_floats * sizeof(float));
+            std::memset(k_ + off, 0, page_floats * sizeof(float));
+            std::memset(v_ + off, 0, page_floats * sizeof(float));
         }
         s.pages.push_back(page);
     }

@@ -6,8 +6,9 @@
 // never sees data a previous owner wrote.
 #pragma once
 #include <cstdint>
-#include <memory>
 #include <vector>
+
+#include "huge_page_arena.h"
 
 namespace wfrt {
 
@@ -49,17 +50,21 @@ private:
         int high_water = 0;
         std::vector<int> pages;
     };
-    float* row(const std::unique_ptr<float[]>& buf, int layer, int slot, int pos) const {
+    float* row(float* buf, int layer, int slot, int pos) const {
         int page = slots_[slot].pages[pos / page_size_];
         size_t index = (static_cast<size_t>(layer) * n_pages_ + page) * page_size_ + pos % page_size_;
-        return buf.get() + index * kv_dim_;
+        return buf + index * kv_dim_;
     }
     int pages_needed(int slot, int n_positions) const;
 
     int n_layers_, kv_dim_, page_size_, n_pages_;
-    // Left uninitialised: only pages handed to a slot are touched (zeroed), so a large pool costs
-    // address space, not memory, until it is used.
-    std::unique_ptr<float[]> k_, v_;
+    // K then V in one huge-page mapping: zeroing a page a slot takes faults once per 2 MiB
+    // instead of once per 4 KiB, and attention's reads miss the TLB less. Only pages handed to a
+    // slot are touched, so a large pool costs address space, not memory, until it is used (but
+    // memory is committed 2 MiB at a time where the kernel gives huge pages).
+    HugePageArena pool_;
+    float* k_ = nullptr;
+    float* v_ = nullptr;
     std::vector<int> free_pages_;
     std::vector<Slot> slots_;
 };

@@ -71,7 +71,7 @@ struct PackJob {
 
 // Room for the int8 head: its V x H rows in `head.arena`, its V scales in `head.owned_scale`.
 int8_t* int8_head(int V, int H, LmHead& head) {
-    head.arena = WeightArena(static_cast<size_t>(V) * H);
+    head.arena = HugePageArena(static_cast<size_t>(V) * H);
     head.owned_scale.resize(V);
     int8_t* q = reinterpret_cast<int8_t*>(head.arena.take(static_cast<size_t>(V) * H));
     head.i8 = q;
@@ -100,14 +100,14 @@ void copy_head_i8(const int8_t* rows, const float* scales, int V, int H, ThreadP
 // Gives every ternary matrix a layout in one new arena: bytes(W) each, written by
 // fill(W, out) (on the pool, a matrix per task); returns the arena.
 template <class Bytes, class Fill>
-WeightArena build_layout(std::vector<LayerWeights>& layers, ThreadPool& pool, const uint8_t* TernaryMatrix::*field,
+HugePageArena build_layout(std::vector<LayerWeights>& layers, ThreadPool& pool, const uint8_t* TernaryMatrix::*field,
                          Bytes bytes, Fill fill) {
     std::vector<TernaryMatrix*> mats;
     for (LayerWeights& L : layers)
         for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mats.push_back(W);
     size_t total = 0;
-    for (TernaryMatrix* W : mats) total += WeightArena::piece(bytes(*W));
-    WeightArena arena(total);
+    for (TernaryMatrix* W : mats) total += HugePageArena::piece(bytes(*W));
+    HugePageArena arena(total);
     for (TernaryMatrix* W : mats) W->*field = arena.take(bytes(*W));
     pool.parallel_for(static_cast<int>(mats.size()), [&](int j, int) {
         TernaryMatrix& W = *mats[j];
@@ -134,7 +134,7 @@ void parallel_for_tensors(ThreadPool& pool, int tasks, Fn&& fn, NameOf&& name_of
 
 // Fails with BadTensor(name) on a non-finite weight (the group scale would be meaningless).
 void quantize_head_q4(const float* w, int V, int H, const char* name, ThreadPool& pool, LmHead& head) {
-    head.arena = WeightArena(q4_code_bytes(V, H));  // zero-filled, as q4_pack_rows needs
+    head.arena = HugePageArena(q4_code_bytes(V, H));  // zero-filled, as q4_pack_rows needs
     uint8_t* codes = head.arena.take(q4_code_bytes(V, H));
     head.q4_codes = codes;
     head.q4_scales.assign(q4_scale_count(V, H), 0.0f);
@@ -253,8 +253,8 @@ Model::Model(const ModelSpec& config, LmHeadPrecision precision, const std::vect
 
     // The tiles: int8 codes packed, packed bytes copied, one matrix per task.
     size_t tile_bytes = 0;
-    for (const PackJob& job : jobs) tile_bytes += WeightArena::piece(ternary_packed_bytes(job.dst->N, job.dst->K));
-    tiles_arena = WeightArena(tile_bytes);
+    for (const PackJob& job : jobs) tile_bytes += HugePageArena::piece(ternary_packed_bytes(job.dst->N, job.dst->K));
+    tiles_arena = HugePageArena(tile_bytes);
     for (const PackJob& job : jobs) job.dst->tiles = tiles_arena.take(ternary_packed_bytes(job.dst->N, job.dst->K));
     parallel_for_tensors(
         pool, static_cast<int>(jobs.size()),
@@ -290,7 +290,7 @@ void Model::use_base3_layouts(ThreadPool& pool) {
         });
     for (LayerWeights& L : layers)
         for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) W->tiles = nullptr;
-    tiles_arena = WeightArena();
+    tiles_arena = HugePageArena();
 }
 
 void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale) {

@@ -10,7 +10,7 @@
 #include "kernels/ternary_plan.h"
 #include "tensor.h"
 #include "thread_pool.h"
-#include "weight_arena.h"
+#include "huge_page_arena.h"
 
 namespace wfrt {
 
@@ -40,7 +40,7 @@ struct LmHead {
     std::vector<float> owned_scale;
     const uint8_t* q4_codes = nullptr;
     std::vector<float> q4_scales;
-    WeightArena arena;  // the int8 rows or the q4 codes (weight_arena.h)
+    HugePageArena arena;  // the int8 rows or the q4 codes (huge_page_arena.h)
 };
 
 struct Model {
@@ -53,8 +53,8 @@ struct Model {
     Model(const ModelSpec& cfg, LmHeadPrecision head, const std::vector<NamedTensor>& tensors, ThreadPool& pool);
 
     ModelSpec cfg;
-    // The ternary weights every step streams, in huge-page arenas (weight_arena.h): one per layout.
-    WeightArena tiles_arena, lut_arena, base3_arena;
+    // The ternary weights every step streams, in huge-page arenas (huge_page_arena.h): one per layout.
+    HugePageArena tiles_arena, lut_arena, base3_arena;
     const float* embed = nullptr;   // (V, H)
     std::vector<float> final_norm;  // (H)
     std::vector<LayerWeights> layers;

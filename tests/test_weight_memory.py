@@ -1,5 +1,5 @@
 """Where the engine keeps the weights it streams: copied out of the caller's memory (huge-page
-arenas, cpp/weight_arena.h), after which the file mapping's pages it read are dropped from this
+arenas, cpp/huge_page_arena.h), after which the file mapping's pages it read are dropped from this
 process (_core._release_file_pages) without changing what the mapping reads."""
 import numpy as np
 

@@ -1,4 +1,4 @@
-#include "weight_arena.h"
+#include "huge_page_arena.h"
 
 #include <new>
 #include <sys/mman.h>
@@ -10,7 +10,7 @@ namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 }
 
-WeightArena::WeightArena(size_t bytes) : size_(bytes) {
+HugePageArena::HugePageArena(size_t bytes) : size_(bytes) {
     if (bytes == 0) return;
     map_bytes_ = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
     map_ = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -24,13 +24,13 @@ WeightArena::WeightArena(size_t bytes) : size_(bytes) {
 #endif
 }
 
-WeightArena::~WeightArena() {
+HugePageArena::~HugePageArena() {
     if (map_) ::munmap(map_, map_bytes_);
 }
 
-WeightArena::WeightArena(WeightArena&& o) noexcept { *this = std::move(o); }
+HugePageArena::HugePageArena(HugePageArena&& o) noexcept { *this = std::move(o); }
 
-WeightArena& WeightArena::operator=(WeightArena&& o) noexcept {
+HugePageArena& HugePageArena::operator=(HugePageArena&& o) noexcept {
     std::swap(map_, o.map_);
     std::swap(map_bytes_, o.map_bytes_);
     std::swap(base_, o.base_);
@@ -39,7 +39,7 @@ WeightArena& WeightArena::operator=(WeightArena&& o) noexcept {
     return *this;
 }
 
-uint8_t* WeightArena::take(size_t bytes) {
+uint8_t* HugePageArena::take(size_t bytes) {
     const size_t n = piece(bytes);
     if (n > size_ - used_) throw std::bad_alloc();
     uint8_t* p = base_ + used_;
