@@ -64,15 +64,12 @@ void KVCache::reserve(int slot, int n_positions) {
                           std::to_string(pages_free()) + " of " + std::to_string(n_pages_) + " free");
     }
     Slot& s = slots_[slot];
-    size_t page_floats = static_cast<size_t>(page_size_) * kv_dim_;
+    const size_t page_floats = static_cast<size_t>(n_layers_) * page_size_ * kv_dim_;  // every layer's rows
     for (int i = 0; i < need; ++i) {
         int page = free_pages_.back();
         free_pages_.pop_back();
-        for (int layer = 0; layer < n_layers_; ++layer) {
-            size_t off = (static_cast<size_t>(layer) * n_pages_ + page) * page_floats;
-            std::memset(k_ + off, 0, page_floats * sizeof(float));
-            std::memset(v_ + off, 0, page_floats * sizeof(float));
-        }
+        std::memset(k_ + page * page_floats, 0, page_floats * sizeof(float));
+        std::memset(v_ + page * page_floats, 0, page_floats * sizeof(float));
         s.pages.push_back(page);
     }
 }

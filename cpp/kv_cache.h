@@ -52,16 +52,16 @@ private:
     };
     float* row(float* buf, int layer, int slot, int pos) const {
         int page = slots_[slot].pages[pos / page_size_];
-        size_t index = (static_cast<size_t>(layer) * n_pages_ + page) * page_size_ + pos % page_size_;
+        size_t index = (static_cast<size_t>(page) * n_layers_ + layer) * page_size_ + pos % page_size_;
         return buf + index * kv_dim_;
     }
     int pages_needed(int slot, int n_positions) const;
 
     int n_layers_, kv_dim_, page_size_, n_pages_;
-    // K then V in one huge-page mapping: zeroing a page a slot takes faults once per 2 MiB
-    // instead of once per 4 KiB, and attention's reads miss the TLB less. Only pages handed to a
-    // slot are touched, so a large pool costs address space, not memory, until it is used (but
-    // memory is committed 2 MiB at a time where the kernel gives huge pages).
+    // K then V in one huge-page mapping, each laid out [page][layer][position][kv_dim]: zeroing
+    // the pages a slot takes faults once per 2 MiB instead of once per 4 KiB, and since a page's
+    // layers lie together, memory is committed (2 MiB at a time where the kernel gives huge pages)
+    // in step with the pages in use. A large pool costs address space until it is used.
     HugePageArena pool_;
     float* k_ = nullptr;
     float* v_ = nullptr;

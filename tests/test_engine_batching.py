@@ -165,3 +165,23 @@ def test_tied_head_is_embed_tokens_whatever_lm_head_says():
     # transformers ties the head to the embeddings whatever lm_head tensor a checkpoint carries.
     b = make_engine(cfg, dict(tensors, lm_head=np.zeros_like(tensors["embed_tokens"])))
     assert np.array_equal(prefill(a, fresh_sequence(a, 10), ids), prefill(b, fresh_sequence(b, 10), ids))
+
+
+def test_reused_pages_read_as_zeros_in_a_gap(model):
+    # Keys up to a slot's high-water mark are visible; positions skipped below it (the raw API
+    # allows that) read as zeros on pages a previous sequence filled, as on fresh ones.
+    cfg, tensors = model
+    eng = make_engine(cfg, tensors, max_slots=2, kv_pages=4)
+    slot = fresh_sequence(eng, 100)
+    prefill(eng, slot, random_ids(cfg, 100, seed=1))
+    eng.free_sequence(slot)
+
+    ids = random_ids(cfg, 12, seed=2)
+
+    def with_gap(e):
+        s = fresh_sequence(e, 40)
+        prefill(e, s, ids[:5])
+        return prefill(e, s, ids[8:], start=37)  # positions 5..36 never written
+
+    fresh_eng = make_engine(cfg, tensors, max_slots=2, kv_pages=4)
+    assert np.array_equal(with_gap(eng), with_gap(fresh_eng))
