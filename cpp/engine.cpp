@@ -79,6 +79,7 @@ struct BitNetBatchEngine::Impl {
     }
 
     void validate(const StepInput& in);
+    void zero_skipped_positions();
     void publish_counts() {
         pages_free.store(kv.pages_free(), std::memory_order_relaxed);
         slots_free.store(kv.slots_free(), std::memory_order_relaxed);
@@ -321,6 +322,23 @@ void BitNetBatchEngine::Impl::forward(const StepInput& in, StepOutput& out) {
     for (int i = 0; i < M; ++i) kv.raise_high_water(in.slot[i], step_hw[in.slot[i]]);
 }
 
+// A step's rows see their slot's keys below its new high-water mark, so positions the step skips
+// between the old mark and its rows must read as zeros, not as what the page's previous owner left
+// there (the raw API may skip positions; the scheduler never does). Walks validate()'s sorted
+// (slot, position) keys.
+void BitNetBatchEngine::Impl::zero_skipped_positions() {
+    int slot = -1, next = 0;  // next: the first position of `slot` not yet written or zeroed
+    for (const auto& [s, p] : row_keys) {
+        if (s != slot) {
+            slot = s;
+            next = kv.high_water(s);
+        }
+        if (p < next) continue;  // a rewrite below the mark
+        if (p > next) kv.zero_positions(s, next, p);
+        next = p + 1;
+    }
+}
+
 BitNetBatchEngine::BitNetBatchEngine(const ModelSpec& cfg, const EngineOptions& opt, const std::vector<NamedTensor>& tensors)
     : impl_(std::make_unique<Impl>(cfg, opt, tensors)) {
     impl_->publish_counts();
@@ -362,6 +380,7 @@ void BitNetBatchEngine::step(const StepInput& in, StepOutput& out) {
     impl_->validate(in);
     if (in.n_out > 0 && (!out.token || !out.prob)) throw std::invalid_argument("output token and prob arrays are required");
     if (in.n_rows == 0) return;
+    impl_->zero_skipped_positions();
     impl_->forward(in, out);
 }
 

@@ -64,13 +64,20 @@ void KVCache::reserve(int slot, int n_positions) {
                           std::to_string(pages_free()) + " of " + std::to_string(n_pages_) + " free");
     }
     Slot& s = slots_[slot];
-    const size_t page_floats = static_cast<size_t>(n_layers_) * page_size_ * kv_dim_;  // every layer's rows
     for (int i = 0; i < need; ++i) {
-        int page = free_pages_.back();
+        s.pages.push_back(free_pages_.back());
         free_pages_.pop_back();
-        std::memset(k_ + page * page_floats, 0, page_floats * sizeof(float));
-        std::memset(v_ + page * page_floats, 0, page_floats * sizeof(float));
-        s.pages.push_back(page);
+    }
+}
+
+void KVCache::zero_positions(int slot, int from, int to) {
+    for (int pos = from; pos < to;) {
+        const int run = std::min(to - pos, page_size_ - pos % page_size_);  // positions left in this page
+        for (int layer = 0; layer < n_layers_; ++layer) {
+            std::memset(row(k_, layer, slot, pos), 0, sizeof(float) * run * kv_dim_);
+            std::memset(row(v_, layer, slot, pos), 0, sizeof(float) * run * kv_dim_);
+        }
+        pos += run;
     }
 }
 

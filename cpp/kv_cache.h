@@ -2,8 +2,9 @@
 //
 // A page holds `page_size` consecutive positions of K and V for every layer. Each slot owns a page
 // table (logical page -> pool page) and a high-water mark: one past the highest position written.
-// Pages are zeroed when a slot takes them and the mark is reset when the slot is freed, so a slot
-// never sees data a previous owner wrote.
+// Attention reads a slot's positions below its mark only, each written by a step or zeroed when a
+// step skipped it (zero_positions), and the mark is reset when the slot is freed, so a slot never
+// sees data a previous owner wrote, and pages need no clearing when a slot takes them.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -36,6 +37,8 @@ public:
     void raise_high_water(int slot, int end) {
         if (end > slots_[slot].high_water) slots_[slot].high_water = end;
     }
+    // Zero positions [from, to) of `slot` in every layer (reserved positions).
+    void zero_positions(int slot, int from, int to);
 
     // K or V row (kv_dim floats) of `layer` at `pos` of `slot`; pos must be reserved.
     float* k_row(int layer, int slot, int pos) { return row(k_, layer, slot, pos); }
@@ -58,10 +61,10 @@ private:
     int pages_needed(int slot, int n_positions) const;
 
     int n_layers_, kv_dim_, page_size_, n_pages_;
-    // K then V in one huge-page mapping, each laid out [page][layer][position][kv_dim]: zeroing
-    // the pages a slot takes faults once per 2 MiB instead of once per 4 KiB, and since a page's
-    // layers lie together, memory is committed (2 MiB at a time where the kernel gives huge pages)
-    // in step with the pages in use. A large pool costs address space until it is used.
+    // K then V in one huge-page mapping, each laid out [page][layer][position][kv_dim]: writing
+    // the pages in use faults once per 2 MiB instead of once per 4 KiB, and since a page's layers
+    // lie together, memory is committed (2 MiB at a time where the kernel gives huge pages) in
+    // step with the pages in use. A large pool costs address space until it is used.
     HugePageArena pool_;
     float* k_ = nullptr;
     float* v_ = nullptr;
