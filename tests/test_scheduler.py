@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 
 import anyio
+import numpy as np
 import pytest
 import torch
 from reference_dlm import reference_ar, reference_dlm
@@ -343,27 +344,34 @@ async def test_failing_request_fails_alone(engine, model, monkeypatch):
 
 @pytest.mark.anyio
 async def test_decoding_request_gone_bad_fails_alone(engine, model, monkeypatch):
-    # A decoding AR request whose state goes bad after its third token (its next row's token
-    # outside the vocabulary) shares steps with other decoders: the step fails, each request
-    # reruns alone, and only the bad one ends (with the core's error); the others are exact.
+    # The core refuses the rows of one decoding AR request from its fifth token on, in steps
+    # it shares with other decoders (streaming and final-only): the step fails, each request
+    # reruns alone, and only that one ends, with the core's error; the others are exact.
     good = [(prompt(5 + s, seed=s), SamplingParams(max_tokens=12, ignore_eos=True), None) for s in range(3)]
     make = engine._intake.make_sequence
+    bad_seq = []
 
-    def poisoned(request, ids):
+    def recording(request, ids):
         seq = make(request, ids)
         if request.request_id == "bad":
-            take = seq.take_decoded
-
-            def take_then_corrupt(token):
-                news = take(token)
-                if len(seq.output_ids) == 3:
-                    seq.tokens[seq.decode_row] = 10_000
-                return news
-
-            seq.take_decoded = take_then_corrupt
+            bad_seq.append(seq)
         return seq
 
-    monkeypatch.setattr(engine._intake, "make_sequence", poisoned)
+    class RefusingCore:
+        def __init__(self, core):
+            self._core = core
+
+        def step(self, slots, positions, *args, **kwargs):
+            bad = bad_seq[0]
+            if np.any((np.asarray(slots) == bad.slot_id) & (np.asarray(positions) >= bad.prompt_len + 3)):
+                raise ValueError("row refused: slot poisoned")
+            return self._core.step(slots, positions, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._core, name)
+
+    monkeypatch.setattr(engine._intake, "make_sequence", recording)
+    monkeypatch.setattr(engine._scheduler, "core", RefusingCore(engine._scheduler.core))
     results = {}
 
     async def bad():
@@ -373,13 +381,20 @@ async def test_decoding_request_gone_bad_fails_alone(engine, model, monkeypatch)
         except ValueError as e:
             results["bad"] = e
 
+    async def streamed():
+        p, sp, _ = good[0]
+        async for out in engine.generate_async(p, sp):
+            results["streamed"] = out
+
     async with engine:
         async with anyio.create_task_group() as tg:
             tg.start_soon(bad)
-            tg.start_soon(_collect, engine, good, results)
+            tg.start_soon(streamed)
+            tg.start_soon(_collect, engine, good[1:], results)
         assert_idle(engine)
-    assert "10000" in str(results["bad"])
-    for (p, sp, d), out in zip(good, results["others"]):
+    assert "poisoned" in str(results["bad"]) and len(bad_seq[0].output_ids) == 4
+    assert results["streamed"].token_ids == ref(model, *good[0])
+    for (p, sp, d), out in zip(good[1:], results["others"]):
         assert out.token_ids == ref(model, p, sp, d)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wrinklefree_rt._core import OutMode
+from wrinklefree_rt.decode_batch import DecodeBatch
 from wrinklefree_rt.params import SamplingParams
 from wrinklefree_rt.sequence import _BELOW_ONE, Sequence, Work
 from wrinklefree_rt.step import StepPlan
@@ -104,7 +105,7 @@ def test_plan_matches_row_by_row_reference(seed):
         decoders = _random_decoders(rng, slots[:n_dec])
         segments = _random_segments(rng, slots[n_dec:])
         as_works = [_as_segment(seq) for seq in decoders] + segments
-        plan = StepPlan(segments, decoders)
+        plan = StepPlan(segments, DecodeBatch(decoders) if decoders else None)
         cols, bounds = _reference(as_works)
         _assert_rows(plan.rows, cols)
         assert plan.out_bounds == bounds

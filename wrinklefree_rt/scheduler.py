@@ -2,7 +2,8 @@
 
 ``schedule()`` frees what ended, admits waiting requests FCFS while a slot and their KV pages
 are free (a request that does not fit waits; it never fails for lack of room), then packs
-rows under the token budget: decode and denoising rows first, prefill chunks fill the rest.
+rows under the token budget: decoding AR requests first (a ``DecodeBatch``, kept from step to
+step while they stay the same), then denoising rows, prefill chunks fill the rest.
 ``run()`` runs the plan on the core (in a worker thread), retrying each sequence's rows alone
 when the batch fails. ``apply()`` hands each sequence its outputs and flags its consumer (one
 that reads only the final output, when the request ends). None of them awaits anything: the
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .decode_batch import DecodeBatch
 from .errors import StepCancelledError
 from .sequence import Sequence, Work
 from .step import StepPlan, StepResult, StepRows
@@ -48,6 +50,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self.costs = StepCosts(step_costs)
         self._last_plan: StepPlan | None = None
+        self._decoders: DecodeBatch | None = None
         self._planned_at = 0.0
 
     def add(self, seq: Sequence) -> None:
@@ -58,12 +61,19 @@ class Scheduler:
         self._release_ended()
         self._admit()
         running = self.running
-        # Decoding AR requests need one row each and go first, as a group planned without a
-        # Work apiece. When they do not all fit, or a sequence was left out of a step, every
-        # sequence takes its turn in the fair order below instead.
+        # Decoding AR requests need one row each and go first, as a DecodeBatch that lasts while
+        # they stay the same. When they do not all fit, or a sequence was left out of a step,
+        # every sequence takes its turn in the fair order below instead.
         decoding = [s for s in running if s.decode_row is not None]
         if len(decoding) > self.budget or any(s.skipped for s in running):
             decoding = []
+        decoders = self._decoders
+        if decoders is not None and decoders.seqs != decoding:
+            self.stats.tokens += decoders.flush()
+            decoders = None
+        if decoders is None and decoding:
+            decoders = DecodeBatch(decoding)
+        self._decoders = decoders
         rest = [s for s in running if s.decode_row is None] if decoding else running
         chosen: list[tuple[Sequence, Work]] = []
         used = len(decoding)
@@ -84,7 +94,7 @@ class Scheduler:
             seq.skipped = 0
             chosen.append((seq, work))
             used += work.end - work.start
-        plan = StepPlan(chosen, decoding) if chosen or decoding else None
+        plan = StepPlan(chosen, decoders) if chosen or decoders else None
         self.stats.schedule_time += time.perf_counter() - t0
         return plan
 
@@ -141,14 +151,13 @@ class Scheduler:
         self.stats.forwards += 1
         self.stats.rows += plan.n_rows
         self.stats.step_time += step_time
-        tokens, probs, errors = out.tokens.tolist(), out.probs.tolist(), out.errors
-        released = 0
-        for k, (seq, token) in enumerate(zip(plan.decoding, tokens)):
-            released += self._take(seq, errors.get(k), seq.take_decoded, token)
-        bounds = plan.out_bounds
-        for k, (seq, work) in enumerate(zip(plan.seqs, plan.works), start=len(plan.decoding)):
-            released += self._take(seq, errors.get(k), seq.apply, work, tokens[bounds[k]:bounds[k + 1]],
-                                   probs[bounds[k]:bounds[k + 1]])
+        errors, n_dec = out.errors, len(plan.decoding)
+        released = plan.decoders.take(out.tokens[:n_dec], errors) if plan.decoders else 0
+        if plan.works:
+            bounds, tokens, probs = plan.out_bounds, out.tokens.tolist(), out.probs.tolist()
+            for k, (seq, work) in enumerate(zip(plan.seqs, plan.works), start=n_dec):
+                o0, o1 = bounds[k], bounds[k + 1]
+                released += seq.receive(errors.get(k), seq.apply, work, tokens[o0:o1], probs[o0:o1])
         self.stats.tokens += released
         if errors or any(seq.finished for seq in plan.decoding) or any(seq.finished for seq in plan.seqs):
             self._release_ended()  # free their slots now: stats() may be read before the next schedule()
@@ -158,33 +167,13 @@ class Scheduler:
             self.costs.observe(plan.n_rows, end - self._planned_at)
         self._last_plan = plan
 
-    @staticmethod
-    def _take(seq: Sequence, error: Exception | None, take: Callable[..., bool], *outputs) -> int:
-        """Hand a sequence its outputs (``take(*outputs)``) or its step's error and flag its
-        consumer; returns how many tokens it released."""
-        if seq.finished or seq.aborted:
-            return 0
-        if error is not None:
-            seq.fail(error)
-            return 0
-        before = len(seq.output_ids)
-        try:
-            news = take(*outputs)
-        except Exception as e:  # a bug or bad state in one request fails that request alone
-            seq.fail(e)
-            return 0
-        if seq.finished:
-            seq.mailbox.notify()
-        elif news and not seq.mailbox.final_only:
-            seq.mailbox.notify()
-        return len(seq.output_ids) - before
-
     def fail_all(self, error: BaseException) -> None:
         """End every request with ``error`` and return all slots and pages (engine shutdown)."""
         for seq in [*self.running, *self.waiting]:
             if not seq.finished:
                 seq.fail(error)
         self.waiting.clear()
+        self._decoders = None
         self._release_ended()
 
     def _release_ended(self) -> None:

@@ -302,6 +302,26 @@ class Sequence:
         released = self._progress()
         return released or (self.dlm is not None and self.dlm.provisional and self._scan > decoded)
 
+    def receive(self, error: Exception | None, take: Callable[..., bool], *outputs) -> int:
+        """Take a step's outputs (``take(*outputs)``: ``apply`` or ``take_decoded``) or the
+        step's error, and flag the consumer; returns how many tokens were released."""
+        if self.finished or self.aborted:
+            return 0
+        if error is not None:
+            self.fail(error)
+            return 0
+        before = len(self.output_ids)
+        try:
+            news = take(*outputs)
+        except Exception as e:  # a bug or bad state in one request fails that request alone
+            self.fail(e)
+            return 0
+        if self.finished:
+            self.mailbox.notify()
+        elif news and not self.mailbox.final_only:
+            self.mailbox.notify()
+        return len(self.output_ids) - before
+
     def take_decoded(self, token: int) -> bool:
         """``apply`` for the one row of a decoding AR request (``decode_row``)."""
         self.kv_valid = self.decode_row + 1  # type: ignore[operator]
