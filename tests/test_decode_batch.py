@@ -65,7 +65,7 @@ def test_batch_equals_taking_each_output_at_once(seed):
         outs = _outputs(rng, len(live))
         released["batched"] += batch.take(np.asarray(outs, np.int32), {})
         for seq, tok in zip(live_direct, outs):
-            released["direct"] += seq.receive(None, seq.take_decoded, tok)
+            released["direct"] += seq.receive(None, seq.take_decoded, [tok])
         for a, b in zip(batched, direct):  # whoever may have been told of news agrees already
             if not a.mailbox.final_only or a.params.stop or b.finished:
                 assert _state(a) == _state(b)

@@ -63,11 +63,11 @@ class DecodeBatch:
         outs = tokens.tolist()
         if errors or self._may_end(outs):
             released = self.flush()
-            released += sum(seq.receive(errors.get(i), seq.take_decoded, tok)
+            released += sum(seq.receive(errors.get(i), seq.take_decoded, [tok])
                             for i, (seq, tok) in enumerate(zip(self.seqs, outs)))
         else:
             self._pending.append(outs)
-            released = sum(self.seqs[i].receive(None, self.seqs[i].take_decoded, outs[i]) for i in self._eager)
+            released = sum(self.seqs[i].receive(None, self.seqs[i].take_decoded, [outs[i]]) for i in self._eager)
         self.positions = self.positions + 1
         self.tokens = np.asarray(tokens, np.int32)
         return released
@@ -78,12 +78,7 @@ class DecodeBatch:
             return 0
         columns = list(zip(*self._pending))
         self._pending = []
-        released = 0
-        for i in self._deferred:
-            seq = self.seqs[i]
-            for tok in columns[i]:
-                released += seq.receive(None, seq.take_decoded, tok)
-        return released
+        return sum(self.seqs[i].receive(None, self.seqs[i].take_decoded, list(columns[i])) for i in self._deferred)
 
     def _may_end(self, outs: list[int]) -> bool:
         """Could one of these outputs end its request (a stop token, or the last position)?"""

@@ -8,6 +8,7 @@ plain thread, starting a private event loop thread when the engine is not alread
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import threading
@@ -244,21 +245,24 @@ class Engine:
 
     async def _collect(self, streams: list["RequestStream"]) -> list[RequestOutput]:
         """Run streams to completion; a failing one raises its own error (the first, in order)
-        once the others are done, rather than an ExceptionGroup."""
+        once the others are done, rather than an ExceptionGroup. Every request is submitted
+        before any is read, so they run concurrently without a task apiece."""
         results: list[RequestOutput | None] = [None] * len(streams)
         errors: list[Exception | None] = [None] * len(streams)
-
-        async def one(i: int) -> None:
-            try:
-                async with streams[i] as stream:
-                    async for results[i] in stream:
-                        pass
-            except Exception as e:
-                errors[i] = e
-
-        async with anyio.create_task_group() as tg:
-            for i in range(len(streams)):
-                tg.start_soon(one, i)
+        async with contextlib.AsyncExitStack() as streams_open:  # leaving early aborts the rest
+            for i, stream in enumerate(streams):
+                await streams_open.enter_async_context(stream)
+                try:
+                    await stream.submit()
+                except Exception as e:
+                    errors[i] = e
+            for i, stream in enumerate(streams):
+                if errors[i] is None:
+                    try:
+                        async for results[i] in stream:
+                            pass
+                    except Exception as e:
+                        errors[i] = e
         first_error = next((e for e in errors if e is not None), None)
         if first_error is not None:
             raise first_error

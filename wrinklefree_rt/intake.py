@@ -102,10 +102,12 @@ class RequestIntake:
             except ValueError as e:
                 raise InvalidRequestError(f"prompt: {e}") from None
             return Request(request_id, text, None, False, sp, dlm)
-        for i, t in enumerate(items):
-            if isinstance(t, bool) or not isinstance(t, int) and not hasattr(t, "__index__"):
-                raise InvalidRequestError(f"prompt[{i}]: expected a token id (int), got {type(t).__name__}")
-        return Request(request_id, None, [int(t) for t in items], False, sp, dlm)
+        if not all(type(t) is int for t in items):  # else numpy integers, or a wrong type named here
+            for i, t in enumerate(items):
+                if isinstance(t, bool) or not isinstance(t, int) and not hasattr(t, "__index__"):
+                    raise InvalidRequestError(f"prompt[{i}]: expected a token id (int), got {type(t).__name__}")
+            items = [int(t) for t in items]
+        return Request(request_id, None, items, False, sp, dlm)
 
     def resolve_dlm(self, dp: DiffusionParams, sp: SamplingParams) -> DlmSpec:
         """The request's block-diffusion settings, unset fields resolved (module docstring)."""

@@ -51,6 +51,7 @@ class Scheduler:
         self.costs = StepCosts(step_costs)
         self._last_plan: StepPlan | None = None
         self._decoders: DecodeBatch | None = None
+        self._auto_running = 0  # running requests with sub_block_size="auto" (none: no pricing)
         self._planned_at = 0.0
 
     def add(self, seq: Sequence) -> None:
@@ -103,6 +104,8 @@ class Scheduler:
         a step in which every decoding ``sub_block_auto`` request runs that many rows beside
         the rows the last step ran for the others. (Priced one by one against the others' rows
         as they are, every request would find its extra rows cheap, or all dear, at once.)"""
+        if not self._auto_running:
+            return None
         n = sum(1 for s in running if s.sub_block_auto and not s.in_prefill)
         if not n:
             return None
@@ -184,6 +187,7 @@ class Scheduler:
             for seq in ended:
                 self.core.free_sequence(seq.slot_id)
                 seq.slot_id = None
+                self._auto_running -= seq.sub_block_auto
             self.running = [seq for seq in self.running if seq.slot_id is not None]
 
     def _admit(self) -> None:
@@ -198,3 +202,4 @@ class Scheduler:
             seq.slot_id = slot
             seq.admitted = time.perf_counter()
             self.running.append(seq)
+            self._auto_running += seq.sub_block_auto

@@ -74,18 +74,24 @@ class Mailbox:
     """
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._news = False
+        self._event: anyio.Event | None = None  # made when the consumer waits for news
         self.error: BaseException | None = None
         # Set by consumers that read only the final output (generate, generate_batch): the
         # engine then flags them once, when the request ends, instead of after every step.
         self.final_only = False
 
     def notify(self) -> None:
-        self._event.set()
+        self._news = True
+        if self._event is not None:
+            self._event.set()
 
     async def wait(self) -> None:
-        await self._event.wait()
-        self._event = anyio.Event()
+        if not self._news:
+            self._event = anyio.Event()
+            await self._event.wait()
+        self._news = False
+        self._event = None
 
 
 class Sequence:
@@ -294,7 +300,7 @@ class Sequence:
         self.forwards += 1
         self.rows += work.end - work.start
         if self.dlm is None and tokens:
-            return self._next_ar_token(tokens[0])
+            return self._take_ar_tokens(tokens[:1])
         for pos, tok, prob in zip(work.out_positions, tokens, probs):
             self._preds[pos] = (tok, prob)
             self._started = True
@@ -322,12 +328,14 @@ class Sequence:
             self.mailbox.notify()
         return len(self.output_ids) - before
 
-    def take_decoded(self, token: int) -> bool:
-        """``apply`` for the one row of a decoding AR request (``decode_row``)."""
-        self.kv_valid = self.decode_row + 1  # type: ignore[operator]
-        self.forwards += 1
-        self.rows += 1
-        return self._next_ar_token(token)
+    def take_decoded(self, tokens: list[int]) -> bool:
+        """``apply`` for the rows a decoding AR request (``decode_row``) ran in consecutive
+        steps, one token each, in order."""
+        k = len(tokens)
+        self.kv_valid = self.decode_row + k  # type: ignore[operator]
+        self.forwards += k
+        self.rows += k
+        return self._take_ar_tokens(tokens)
 
     def _progress(self) -> bool:
         """Make every decision the fresh predictions allow (several when a step's candidates
@@ -348,25 +356,30 @@ class Sequence:
             released = self._advance() or released
         return released
 
-    def _next_ar_token(self, tok: int) -> bool:
-        """What ``_progress`` does for an AR request's one output (the token for the pending
-        position, whose row ran last), without its generality: AR runs it once per token."""
+    def _take_ar_tokens(self, run: list[int]) -> bool:
+        """What ``_progress`` does for an AR request's outputs (the tokens for the pending
+        position and the ones after it, each predicted by the row before it), without its
+        generality: AR runs it for every token. Stops at the first token that ends the request."""
         p = self._first_open
-        self.tokens[p] = tok
+        stop = -1 if self.stop_ids.isdisjoint(run) else next(i for i, t in enumerate(run) if t in self.stop_ids)
+        if stop >= 0:
+            run = run[:stop + 1]
+        end = p + len(run)  # one past the last new token
+        self.tokens[p:] = run  # over the pending position's placeholder
         self._started = True
-        if tok in self.stop_ids:
-            self._finish_at(p + 1, "stop", tok)
+        if stop >= 0:
+            self._finish_at(end, "stop", run[-1])
             return True
-        self._scan = p + 1
-        if p + 1 >= self.limit:
+        self._scan = end
+        if end >= self.limit:
             self._finish_at(self.limit, "length", None)
             return True
-        released = self._release(p + 1)
+        released = self._release(end)
         if not self.finished:  # the next one-position block, as _advance and _open_block make it
-            self.block_start = self._first_open = p + 1
-            self.block_end = p + 2
+            self.block_start = self._first_open = end
+            self.block_end = end + 1
             self.tokens.append(self.mask_id)
-            self.decode_row = p
+            self.decode_row = end - 1
         return released
 
     def _unmask(self, cands: list[int]) -> None:

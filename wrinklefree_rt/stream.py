@@ -12,8 +12,8 @@ __all__ = ["RequestStream"]
 class RequestStream:
     """Async iterator over one request's outputs; aborts the request when left early.
 
-    ``submit(final_only)`` hands the request to the engine on the first ``__anext__`` and
-    returns its ``Sequence``; with ``final_only`` the engine flags this consumer once, when the
+    ``submit(final_only)`` hands the request to the engine on the first ``__anext__`` (or
+    ``submit()``) and returns its ``Sequence``; with ``final_only`` the engine flags this consumer once, when the
     request ends, and the stream yields only the final output. ``wake()`` tells the engine's
     loop to look at an aborted request.
 
@@ -38,9 +38,7 @@ class RequestStream:
         if self._done:
             raise StopAsyncIteration
         try:
-            if self._seq is None:
-                self._seq = await self._submit(self._final_only)
-            seq = self._seq
+            seq = await self.submit()
             await seq.mailbox.wait()
         except BaseException:
             self._abort()
@@ -51,6 +49,12 @@ class RequestStream:
         out = seq.snapshot()
         self._done = out.finished
         return out
+
+    async def submit(self) -> Sequence:
+        """Hand the request to the engine now (the first ``__anext__`` does it otherwise)."""
+        if self._seq is None:
+            self._seq = await self._submit(self._final_only)
+        return self._seq
 
     def _abort(self) -> None:
         self._done = True
