@@ -63,7 +63,9 @@ def test_batch_equals_taking_each_output_at_once(seed):
         draws = [s.draw_uniform() if s.rng is not None else 0.0 for s in live_direct]
         np.testing.assert_array_equal(rows.uniform, np.asarray(draws, np.float32))
         outs = _outputs(rng, len(live))
-        released["batched"] += batch.take(np.asarray(outs, np.int32), {})
+        taken, ended = batch.take(np.asarray(outs, np.int32), {})
+        released["batched"] += taken
+        assert ended == any(s.finished for s in live)
         for seq, tok in zip(live_direct, outs):
             released["direct"] += seq.receive(None, seq.take_decoded, [tok])
         for a, b in zip(batched, direct):  # whoever may have been told of news agrees already
@@ -81,9 +83,9 @@ def test_errors_fail_only_their_request_after_the_others_took_their_tokens():
         seq.mailbox.final_only, seq.params = True, SamplingParams(max_tokens=50, ignore_eos=True)
         seq.limit, seq.stop_ids = seq.prompt_len + 50, frozenset()
     batch = DecodeBatch(seqs)
-    batch.take(np.asarray([20, 21, 22], np.int32), {})
+    assert batch.take(np.asarray([20, 21, 22], np.int32), {}) == (0, False)
     assert [len(s.output_ids) for s in seqs] == [1, 1, 1]  # deferred
-    batch.take(np.asarray([30, 31, 32], np.int32), {1: ValueError("bad row")})
+    assert batch.take(np.asarray([30, 31, 32], np.int32), {1: ValueError("bad row")}) == (5, True)
     assert [s.output_ids[1:] for s in seqs] == [[20, 30], [21], [22, 32]]
     assert seqs[1].finished and isinstance(seqs[1].mailbox.error, ValueError)
     assert not seqs[0].finished and not seqs[2].finished

@@ -32,7 +32,9 @@ class DecodeBatch:
         self.positions = np.asarray([seq.decode_row for seq in seqs], np.int32)
         self.tokens = np.asarray([seq.tokens[p] for seq, p in zip(seqs, self.positions.tolist())], np.int32)
         self._slots = np.asarray([seq.slot_id for seq in seqs], np.int32)
-        self._limits = np.asarray([seq.limit for seq in seqs], np.int32)
+        # A token predicted by the row at p lands at p + 1, and ends its request when p + 2
+        # reaches the limit: steps left before the first step that may end one that way.
+        self._room = min(seq.limit - 2 - p for seq, p in zip(seqs, self.positions.tolist()))
         deferred = [seq.mailbox.final_only and not seq.params.stop for seq in seqs]
         self._eager = [i for i, d in enumerate(deferred) if not d]
         self._deferred = [i for i, d in enumerate(deferred) if d]
@@ -57,20 +59,23 @@ class DecodeBatch:
         return StepRows(self._slots, self.positions, self.tokens, self._out.out_rows, self._out.out_mode,
                         self._out.exclude, self._out.temperature, self._out.top_k, self._out.top_p, uniform)
 
-    def take(self, tokens: np.ndarray, errors: dict[int, Exception]) -> int:
+    def take(self, tokens: np.ndarray, errors: dict[int, Exception]) -> tuple[int, bool]:
         """Hand over a step's outputs (``tokens[i]`` for ``seqs[i]``, ``errors`` by the same
-        index); returns how many tokens were released."""
+        index); returns how many tokens were released, and whether a request ended."""
         outs = tokens.tolist()
-        if errors or self._may_end(outs):
+        if errors or self._room <= 0 or not self._stop_ids.isdisjoint(outs):  # one may end
             released = self.flush()
             released += sum(seq.receive(errors.get(i), seq.take_decoded, [tok])
                             for i, (seq, tok) in enumerate(zip(self.seqs, outs)))
+            ended = any(seq.finished for seq in self.seqs)
         else:
             self._pending.append(outs)
             released = sum(self.seqs[i].receive(None, self.seqs[i].take_decoded, [outs[i]]) for i in self._eager)
+            ended = any(self.seqs[i].finished for i in self._eager)
         self.positions = self.positions + 1
         self.tokens = np.asarray(tokens, np.int32)
-        return released
+        self._room -= 1
+        return released, ended
 
     def flush(self) -> int:
         """Let the deferred requests take their pending tokens; returns how many were released."""
@@ -79,8 +84,3 @@ class DecodeBatch:
         columns = list(zip(*self._pending))
         self._pending = []
         return sum(self.seqs[i].receive(None, self.seqs[i].take_decoded, list(columns[i])) for i in self._deferred)
-
-    def _may_end(self, outs: list[int]) -> bool:
-        """Could one of these outputs end its request (a stop token, or the last position)?"""
-        # A token predicted by the row at p lands at p + 1; the request ends when p + 2 reaches its limit.
-        return bool((self.positions + 2 >= self._limits).any()) or not self._stop_ids.isdisjoint(outs)

@@ -62,13 +62,17 @@ class Scheduler:
         self._release_ended()
         self._admit()
         running = self.running
+        decoders = self._decoders
+        if decoders is not None and decoders.seqs == running:  # the last step's decoders, all and only
+            plan = StepPlan([], decoders)
+            self.stats.schedule_time += time.perf_counter() - t0
+            return plan
         # Decoding AR requests need one row each and go first, as a DecodeBatch that lasts while
         # they stay the same. When they do not all fit, or a sequence was left out of a step,
         # every sequence takes its turn in the fair order below instead.
         decoding = [s for s in running if s.decode_row is not None]
         if len(decoding) > self.budget or any(s.skipped for s in running):
             decoding = []
-        decoders = self._decoders
         if decoders is not None and decoders.seqs != decoding:
             self.stats.tokens += decoders.flush()
             decoders = None
@@ -155,14 +159,14 @@ class Scheduler:
         self.stats.rows += plan.n_rows
         self.stats.step_time += step_time
         errors, n_dec = out.errors, len(plan.decoding)
-        released = plan.decoders.take(out.tokens[:n_dec], errors) if plan.decoders else 0
+        released, ended = plan.decoders.take(out.tokens[:n_dec], errors) if plan.decoders else (0, False)
         if plan.works:
             bounds, tokens, probs = plan.out_bounds, out.tokens.tolist(), out.probs.tolist()
             for k, (seq, work) in enumerate(zip(plan.seqs, plan.works), start=n_dec):
                 o0, o1 = bounds[k], bounds[k + 1]
                 released += seq.receive(errors.get(k), seq.apply, work, tokens[o0:o1], probs[o0:o1])
         self.stats.tokens += released
-        if errors or any(seq.finished for seq in plan.decoding) or any(seq.finished for seq in plan.seqs):
+        if ended or errors or any(seq.finished for seq in plan.seqs):
             self._release_ended()  # free their slots now: stats() may be read before the next schedule()
         end = time.perf_counter()
         self.stats.schedule_time += end - t0
