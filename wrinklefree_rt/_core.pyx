@@ -132,7 +132,7 @@ def _int32_array(what, values, n):
     if a.ndim != 1 or (n is not None and a.shape[0] != n):
         length = "" if n is None else f" of length {n}"
         raise ValueError(f"{what} must be a 1-D array{length}, got shape {a.shape}")
-    if a.size and (int(a.min()) < _INT32_MIN or int(a.max()) > _INT32_MAX):
+    if a.size and not np.can_cast(a.dtype, np.int32) and (int(a.min()) < _INT32_MIN or int(a.max()) > _INT32_MAX):
         raise ValueError(f"{what} holds values outside int32")
     return np.ascontiguousarray(a, dtype=np.int32)
 

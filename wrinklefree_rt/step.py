@@ -4,6 +4,7 @@ rows on the core and applies the result."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -65,10 +66,7 @@ class StepPlan:
         self.decoders = decoders
         self.decoding = decoders.seqs if decoders is not None else []
         self.seqs = [seq for seq, _ in segments]
-        self.works = works = [work for _, work in segments]
-        n_dec = len(self.decoding)
-        self.row_bounds = [*range(n_dec), *accumulate((w.end - w.start for w in works), initial=n_dec)]
-        self.out_bounds = [*range(n_dec), *accumulate((len(w.out_positions) for w in works), initial=n_dec)]
+        self.works = [work for _, work in segments]
         if decoders is None:
             self.rows = _segment_rows(segments)
         elif segments:
@@ -79,6 +77,16 @@ class StepPlan:
     @property
     def n_rows(self) -> int:
         return len(self.rows.positions)
+
+    @cached_property
+    def row_bounds(self) -> list[int]:
+        n_dec = len(self.decoding)
+        return [*range(n_dec), *accumulate((w.end - w.start for w in self.works), initial=n_dec)]
+
+    @cached_property
+    def out_bounds(self) -> list[int]:
+        n_dec = len(self.decoding)
+        return [*range(n_dec), *accumulate((len(w.out_positions) for w in self.works), initial=n_dec)]
 
     @property
     def n_segments(self) -> int:
