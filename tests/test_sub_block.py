@@ -57,6 +57,8 @@ def test_step_costs_average_per_bucket_and_frozen_tables_stay():
     c.observe(0, 9.0)    # ignored: no rows
     c.observe(2, -1.0)   # ignored: no time
     assert list(c.table()) == [1, 3]
+    c.observe(4, 2.0)  # a bucket after the first moves alone
+    assert c.table() == {1: 0.5, 3: pytest.approx(1.4375)} and c.cost(3.4375) == pytest.approx(1.4375)
     frozen = StepCosts({4: 1.0})
     frozen.observe(4, 100.0)
     assert frozen.table() == {4: 1.0}

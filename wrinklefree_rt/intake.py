@@ -170,8 +170,8 @@ class RequestIntake:
         if not ids:
             raise InvalidRequestError("prompt: empty (at least one token is needed)")
         vocab = self.model_config.vocab_size
-        bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab), None)
-        if bad is not None:  # also catches a tokenizer larger than the model's vocabulary
+        if min(ids) < 0 or max(ids) >= vocab:  # also catches a tokenizer larger than the model's vocabulary
+            bad = next(i for i, t in enumerate(ids) if not 0 <= t < vocab)
             raise InvalidRequestError(f"prompt[{bad}]: token id {ids[bad]} outside the vocabulary [0, {vocab})")
         sp, dlm = request.params, request.dlm
         mask = dlm.mask_token_id if dlm else self.exclude_id

@@ -64,9 +64,9 @@ class Scheduler:
         running = self.running
         decoders = self._decoders
         if decoders is not None and decoders.seqs == running:  # the last step's decoders, all and only
-            plan = StepPlan([], decoders)
+            same = StepPlan([], decoders)
             self.stats.schedule_time += time.perf_counter() - t0
-            return plan
+            return same
         # Decoding AR requests need one row each and go first, as a DecodeBatch that lasts while
         # they stay the same. When they do not all fit, or a sequence was left out of a step,
         # every sequence takes its turn in the fair order below instead.

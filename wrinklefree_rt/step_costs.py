@@ -29,6 +29,7 @@ class StepCosts:
         (tests, or costs measured elsewhere, e.g. ``python -m bench.run``)."""
         self._rows: list[float | None] = [None] * _MAX_BUCKETS
         self._secs: list[float] = [0.0] * _MAX_BUCKETS
+        self._measured: list[int] = []  # the buckets in self._points, in order
         self.frozen = seconds is not None
         for rows, secs in (seconds or {}).items():
             if rows < 1 or not secs > 0:
@@ -44,10 +45,11 @@ class StepCosts:
         old = self._rows[b]
         if old is None:
             self._rows[b], self._secs[b] = float(rows), seconds
-        else:
-            self._rows[b] = old + _NEWEST * (rows - old)
+            self._points = self._sorted_points()
+        else:  # every step: only this bucket's point moves
+            self._rows[b] = new = old + _NEWEST * (rows - old)
             self._secs[b] += _NEWEST * (seconds - self._secs[b])
-        self._points = self._sorted_points()
+            self._points[self._measured.index(b)] = (new, self._secs[b])
 
     def cost(self, rows: float) -> float:
         """Estimated seconds of one step of ``rows`` rows (0 with nothing measured yet)."""
@@ -73,6 +75,7 @@ class StepCosts:
         return {round(r): s for r, s in self._points}
 
     def _sorted_points(self) -> list[tuple[float, float]]:
+        self._measured = [b for b, r in enumerate(self._rows) if r is not None]
         return [(r, s) for r, s in zip(self._rows, self._secs) if r is not None]
 
 
