@@ -74,8 +74,11 @@ struct BitNetBatchEngine::Impl {
           pool(pick_threads(o.num_threads)),
           model(c, o.lm_head, tensors, pool),
           kv(c.num_layers, c.num_kv_heads * c.head_dim, o.page_size, pick_pages(c, o), o.max_slots) {
+        // Only the layouts the plan's kernels read are kept: the dense kernel reads the tiles, or
+        // with base-3 packing the base-3 layout; a LUT kernel forced for every row count, neither.
         if (plan.uses_lut()) model.add_lut_layouts(pool);
-        if (plan.base3) model.use_base3_layouts(pool);
+        if (plan.base3 && plan.uses_dense()) model.add_base3_layouts(pool);
+        if (plan.base3 || !plan.uses_dense()) model.drop_tiles();
     }
 
     void validate(const StepInput& in);
@@ -394,6 +397,7 @@ int BitNetBatchEngine::slots_free() const { return impl_->slots_free.load(std::m
 int BitNetBatchEngine::num_threads() const { return impl_->pool.size(); }
 const char* BitNetBatchEngine::isa() const { return impl_->kern->name; }
 std::string BitNetBatchEngine::ternary_plan() const { return impl_->plan.describe(); }
+size_t BitNetBatchEngine::weight_bytes() const { return impl_->model.arena_bytes(); }
 
 void release_free_heap() {
 #if defined(__GLIBC__)

@@ -78,6 +78,9 @@ public:
     const char* isa() const;
     // The ternary kernel per row count, e.g. "1:tiles ... 32:lut32-avx2 ...".
     std::string ternary_plan() const;
+    // Bytes of the weights copied into the engine's own memory (the layouts the plan reads, the
+    // int8 / q4 head); the f32 tensors it borrows are not counted.
+    size_t weight_bytes() const;
 
 private:
     struct Impl;

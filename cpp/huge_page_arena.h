@@ -23,6 +23,8 @@ public:
     uint8_t* take(size_t bytes);
     // Bytes take() hands out for a piece of `bytes` (its alignment included).
     static size_t piece(size_t bytes) { return (bytes + 63) / 64 * 64; }
+    // Bytes it was made for.
+    size_t size() const { return size_; }
 
 private:
     void* map_ = nullptr;

@@ -282,15 +282,22 @@ void Model::add_lut_layouts(ThreadPool& pool) {
         [](const TernaryMatrix& W, uint8_t* out) { lut_pack_from_tiles(W.tiles, W.N, W.K, out); });
 }
 
-void Model::use_base3_layouts(ThreadPool& pool) {
+void Model::add_base3_layouts(ThreadPool& pool) {
     base3_arena = build_layout(
         layers, pool, &TernaryMatrix::base3, [](const TernaryMatrix& W) { return base3_packed_bytes(W.N, W.K); },
         [](const TernaryMatrix& W, uint8_t* out) {
             base3_pack_from_tiles(W.tiles, W.N, W.K, 0, base3_groups(W.N), out);
         });
+}
+
+void Model::drop_tiles() {
     for (LayerWeights& L : layers)
         for (TernaryMatrix* W : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) W->tiles = nullptr;
     tiles_arena = HugePageArena();
+}
+
+size_t Model::arena_bytes() const {
+    return tiles_arena.size() + lut_arena.size() + base3_arena.size() + head.arena.size();
 }
 
 void quantize_rows_i8_per_row(const float* w, int K, int n0, int n1, int8_t* q, float* scale) {

@@ -61,10 +61,13 @@ struct Model {
     LmHead head;
     std::vector<float> inv_freq;    // RoPE, head_dim/2, computed in fp32 like transformers
 
-    // Adds the LUT layout beside every ternary matrix's tiles (on `pool`).
+    // Add the LUT or the base-3 layout beside every ternary matrix's tiles (on `pool`).
     void add_lut_layouts(ThreadPool& pool);
-    // Repacks every ternary matrix to the base-3 layout and frees the tiles.
-    void use_base3_layouts(ThreadPool& pool);
+    void add_base3_layouts(ThreadPool& pool);
+    // Frees the tiles (once the layouts the kernels read are built from them).
+    void drop_tiles();
+    // Bytes of the weights copied into the arenas (ternary layouts, int8 / q4 head).
+    size_t arena_bytes() const;
 };
 
 // What the math helpers run on: the kernel table and the worker threads.

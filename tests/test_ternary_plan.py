@@ -122,3 +122,23 @@ def test_engine_option_and_stats_name_the_kernels(tmp_path):
         Engine.from_pretrained(tmp_path, ternary_packing="1.58bit", max_num_seqs=1)
     with Engine.from_pretrained(tmp_path, ternary_packing="base3", ternary_kernel="tiles", max_num_seqs=1) as engine:
         assert engine.stats().ternary_plan == " ".join(f"{1 << b}:base3" for b in range(8))
+
+
+def test_only_the_layouts_the_plan_reads_are_kept():
+    _, cfg, tensors = _model()
+    lut = (_core.lut_kernel_names(DEFAULT) or ["lut-generic"])[0]
+    held = {(kernel, packing): make_engine(cfg, tensors, lm_head="int8", ternary_kernel=kernel,
+                                           ternary_packing=packing).weight_bytes
+            for kernel in ("tiles", lut) for packing in ("2bit", "base3")}
+    H, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    qd, kd = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
+    shapes = [(qd, H), (kd, H), (kd, H), (H, qd), (I, H), (I, H), (H, I)] * cfg.num_hidden_layers
+
+    def layout(packed_bytes):  # each matrix a 64-byte aligned piece of one arena
+        return sum(-(-packed_bytes(n, k) // 64) * 64 for n, k in shapes)
+
+    head = cfg.vocab_size * H  # the int8 head's rows
+    assert held[("tiles", "2bit")] == head + layout(_core.ternary_packed_bytes)
+    assert held[("tiles", "base3")] == head + layout(_core.base3_packed_bytes)  # the tiles freed
+    # A LUT kernel for every row count: its own layout only, whatever the packing.
+    assert held[(lut, "2bit")] == held[(lut, "base3")] > head

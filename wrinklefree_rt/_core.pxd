@@ -92,6 +92,7 @@ cdef extern from "engine.h" namespace "wfrt" nogil:
         int num_threads()
         const char* isa()
         string ternary_plan()
+        size_t weight_bytes()
 
     void release_free_heap_cpp "wfrt::release_free_heap"()
 

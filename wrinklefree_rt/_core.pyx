@@ -353,5 +353,11 @@ cdef class BitNetBatchEngine:
         kernel on base-3 weights; ternary_kernel and ternary_packing options)."""
         return self._live().ternary_plan().decode()
 
+    @property
+    def weight_bytes(self):
+        """Bytes of the weights the engine copied into its own memory: the ternary layouts its
+        kernels read (ternary_plan) and the int8 / q4 LM head; borrowed f32 tensors not counted."""
+        return self._live().weight_bytes()
+
 
 include "_kernels.pxi"

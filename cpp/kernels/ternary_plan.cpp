@@ -125,6 +125,10 @@ bool TernaryPlan::uses_lut() const {
     return std::any_of(std::begin(lut), std::end(lut), [](const LutKernel* k) { return k != nullptr; });
 }
 
+bool TernaryPlan::uses_dense() const {
+    return std::any_of(std::begin(lut), std::end(lut), [](const LutKernel* k) { return k == nullptr; });
+}
+
 std::string TernaryPlan::describe() const {
     std::string s;
     for (int b = 0; b < kPlanBuckets; ++b)

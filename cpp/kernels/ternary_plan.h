@@ -24,6 +24,7 @@ struct TernaryPlan {
     const LutKernel* lut[kPlanBuckets] = {};
     const LutKernel* for_rows(int rows) const { return lut[plan_bucket(rows)]; }
     bool uses_lut() const;
+    bool uses_dense() const;  // some row count runs the dense kernel
     const char* kernel_name(int bucket) const { return lut[bucket] ? lut[bucket]->name : base3 ? "base3" : "tiles"; }
     // "1:tiles 2:tiles ... 32:lut32-avx2 ..." (bucket's least row count: kernel; "base3" for the
     // dense kernel on base-3 weights).
